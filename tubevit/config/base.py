@@ -168,4 +168,3 @@ def to_dict(config: Any) -> Any:
     if isinstance(config, Mapping):
         return {k: to_dict(v) for k, v in config.items()}
     return config
-
