@@ -1,0 +1,594 @@
+"""WebDataset readers of video and image shards: training (resampled) and evaluation (exact) loaders.
+
+Batches are dicts::
+
+    {"video": float32 (B, C, T, H, W), normalised (images: T == 1),
+     "label": int64 (B,)  or  float32 multi-hot (B, K),
+     "dataset": str, "key": list[str]}
+
+evaluation batches also hold ``"view": list[int]`` (the view of the clip, ``v * S + s`` for temporal view v
+and spatial view s), and ``"label"`` is the video-level label.
+
+Training (:class:`ClipLoader` from :func:`train_loader`)
+    ``wds.ResampledShards(urls, seed, deterministic=True)`` with rank and worker folded into the seed, a
+    sample shuffle buffer seeded from (seed, epoch, rank, worker), the resume skip, decode + augment, and
+    batches of ``batch_size``. ``.with_epoch(epoch_batches)`` on the loader gives every rank the same number
+    of batches. Each iteration of a ClipLoader is one epoch: the k-th ``iter()`` reads epoch ``epoch + k``.
+    Data order is a pure function of (seed, epoch, rank, worker count, batch index); each sample's
+    augmentation is a pure function of (seed, epoch, ``__key__``). Resume: ``start_batch`` skips the
+    samples of the batches already consumed, before decoding (data position = step count).
+Evaluation (:func:`eval_loader`)
+    The shard list (not resampled) split by rank, then by worker: every sample is read exactly once
+    across ranks x workers. Gather predictions by ``key`` and check with :func:`check_complete` against
+    ``index.json``'s total.
+Joint training (:class:`JointBatches`)
+    The dataset of step k is drawn from ``random.Random(seed + k)`` with the given weights: the same on
+    every rank. Every batch names its dataset.
+Labels
+    Single-label: ``json.label``. Multi-label (Charades): training uses the multi-hot of the actions that
+    overlap the sampled window [start / fps, (start + T) / fps) seconds; evaluation the video-level
+    ``json.labels`` (with the actions' classes when ``labels`` is empty).
+Storage
+    Local paths, ``file://``, ``http(s)://`` (webdataset's curl) and ``s3://``, ``gs://`` (fsspec; see
+    :func:`register_fsspec_handlers`). ``pipe:`` URLs are accepted only as given by the caller (params);
+    :func:`shard_urls` never builds one from an index.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import json
+import logging
+import random
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import webdataset as wds
+
+from tubevit.config.data import LoaderConfig
+from tubevit.data.transforms import EvalTransform, TrainTransform, sample_seed
+from tubevit.data.video import DecodeError, decode_clip_eval, decode_clip_train
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ClipLoader",
+    "JointBatches",
+    "check_complete",
+    "dataset_for_step",
+    "eval_loader",
+    "read_index",
+    "register_fsspec_handlers",
+    "shard_urls",
+    "step_counts",
+    "train_loader",
+]
+
+FSSPEC_SCHEMES = ("s3", "gs", "gcs")
+_SHARD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\.tar")
+
+
+# --------------------------------------------------------------------------------------------- storage
+def _fsspec_gopen(url: str, mode: str = "rb", bufsize: int = 8192, **kw: Any):
+    """webdataset gopen handler: open ``url`` through fsspec (s3://, gs://, memory://, ...)."""
+    import fsspec
+
+    return fsspec.open(url, mode).open()
+
+
+def register_fsspec_handlers(schemes: Iterable[str] = FSSPEC_SCHEMES) -> None:
+    """Make webdataset open ``schemes`` URLs through fsspec (idempotent).
+
+    webdataset 1.0.2 has no s3 handler ("no gopen handler defined") and opens gs:// with the gsutil CLI.
+    The fsspec backend (s3fs, gcsfs) must be installed where the URLs are read.
+    """
+    gopen = importlib.import_module("webdataset.gopen")  # the module (``webdataset.gopen`` is a function)
+    for scheme in schemes:
+        gopen.gopen_schemes[scheme] = _fsspec_gopen
+
+
+def _open_text(path: str | Path) -> str:
+    path = str(path)
+    if path.startswith("pipe:"):
+        raise ValueError(f"{path}: refusing to read an index through a pipe: URL")
+    if "://" in path and not path.startswith("file://"):
+        import fsspec
+
+        with fsspec.open(path, "rt", encoding="utf-8") as f:
+            return f.read()
+    return Path(path.removeprefix("file://")).read_text(encoding="utf-8")
+
+
+def read_index(index: str | Path) -> dict:
+    """Read a shard set's ``index.json`` (a local path or an fsspec URL)."""
+    data = json.loads(_open_text(index))
+    for key in ("shards", "total", "classes"):
+        if key not in data:
+            raise ValueError(f"{index}: not a shard index (no {key!r})")
+    return data
+
+
+def shard_urls(index: str | Path) -> list[str]:
+    """The URLs of the shards listed in ``index`` (``.../<split>/index.json``), beside the index.
+
+    Shard names must be plain file names (``<ds>-<split>-000000.tar``): a name with a ``/``, a scheme or a
+    leading ``-`` is refused, so no ``pipe:`` or other URL can come from an index.
+    """
+    data = read_index(index)
+    base = str(index).rsplit("/", 1)[0] if "/" in str(index) else "."
+    urls = []
+    for entry in data["shards"]:
+        name = entry["name"]
+        if not isinstance(name, str) or not _SHARD_NAME.fullmatch(name):
+            raise ValueError(f"{index}: refusing shard name {name!r} (must be a plain <name>.tar)")
+        urls.append(f"{base}/{name}")
+    return urls
+
+
+def check_complete(keys: Iterable[str], expected: int | str | Path, views: int = 1) -> None:
+    """Check that an evaluation pass saw every sample exactly once (``views`` times per key).
+
+    ``expected`` is the sample count or the path of the split's ``index.json``.
+
+    Raises:
+        ValueError: naming the duplicated keys or the missing count.
+    """
+    total = expected if isinstance(expected, int) else int(read_index(expected)["total"])
+    counts: dict[str, int] = {}
+    for k in keys:
+        counts[k] = counts.get(k, 0) + 1
+    wrong = sorted(k for k, c in counts.items() if c != views)
+    if wrong:
+        raise ValueError(f"keys seen a wrong number of times (expected {views}): {wrong[:10]}")
+    if len(counts) != total:
+        raise ValueError(f"evaluation saw {len(counts)} samples, the index lists {total}")
+
+
+# --------------------------------------------------------------------------------------------- workers
+def _worker() -> tuple[int, int]:
+    """(worker id, number of workers) of the current DataLoader worker; (0, 1) in the main process."""
+    info = torch.utils.data.get_worker_info()
+    return (0, 1) if info is None else (info.id, info.num_workers)
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+class _WorkerSeed:
+    """ResampledShards' worker seed: folds the rank and the DataLoader worker into its shard draws."""
+
+    def __init__(self, rank: int):
+        self.rank = rank
+
+    def __call__(self) -> int:
+        return sample_seed("shards", self.rank, _worker()[0]) & 0x7FFFFFFF
+
+
+def _ensure_handlers(src):
+    register_fsspec_handlers()  # again inside workers (spawned workers re-import webdataset)
+    yield from src
+
+
+def _split_by_rank(rank: int, world_size: int) -> Callable:
+    def stage(src):
+        for i, item in enumerate(src):
+            if i % world_size == rank:
+                yield item
+
+    return stage
+
+
+def _split_by_worker(src):
+    worker, workers = _worker()
+    for i, item in enumerate(src):
+        if i % workers == worker:
+            yield item
+
+
+def _seeded_shuffle(bufsize: int, seed: int, rank: int) -> Callable:
+    def stage(src):
+        worker, _ = _worker()
+        yield from wds.shuffle(bufsize, initial=bufsize, seed=sample_seed("shuffle", seed, rank, worker))(src)
+
+    return stage
+
+
+def _skip_consumed(start_batch: int, batch_size: int) -> Callable:
+    """Drop, in this worker, the samples of the first ``start_batch`` loader batches that it would make.
+
+    The DataLoader takes batch i from worker i % W, so worker w made ceil((k - w) / W) of the first k.
+    """
+
+    def stage(src):
+        worker, workers = _worker()
+        skip = max(0, -(-(start_batch - worker) // workers)) * batch_size
+        for i, sample in enumerate(src):
+            if i >= skip:
+                yield sample
+
+    return stage
+
+
+# --------------------------------------------------------------------------------------------- samples
+def _media(sample: dict) -> tuple[str, bytes]:
+    for ext in ("mp4", "jpg", "jpeg"):
+        if ext in sample:
+            return ext, sample[ext]
+    raise DecodeError(f"{sample.get('__url__')}:{sample.get('__key__')}: no mp4 or jpg member")
+
+
+def _decode_image(data: bytes, name: str) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return np.asarray(im.convert("RGB"))[None]  # (1, H, W, 3)
+    except Exception as exc:
+        raise DecodeError(f"{name}: cannot decode image ({exc})") from None
+
+
+def multi_hot(classes: Iterable[int], num_classes: int) -> torch.Tensor:
+    """float32 ``(num_classes,)`` with 1 at each of ``classes``."""
+    out = torch.zeros(num_classes, dtype=torch.float32)
+    for c in classes:
+        out[int(c)] = 1.0
+    return out
+
+
+def window_classes(actions: Iterable, start_s: float, end_s: float) -> list[int]:
+    """Classes of the actions ``[class, start s, end s]`` that overlap the window [start_s, end_s)."""
+    return sorted({int(c) for c, a, b in actions if a < end_s and b > start_s})
+
+
+def _video_label(meta: dict, num_classes: int, multilabel: bool) -> torch.Tensor:
+    if multilabel:
+        labels = meta.get("labels") or [a[0] for a in meta.get("actions", [])]
+        return multi_hot(labels, num_classes)
+    if meta.get("label") is None:
+        raise DecodeError(f"{meta.get('id')}: no label")
+    return torch.tensor(int(meta["label"]), dtype=torch.int64)
+
+
+class _TrainSample:
+    """Decode + augment one training sample (runs in the worker)."""
+
+    def __init__(self, lcfg: LoaderConfig, num_classes: int, multilabel: bool, seed: int, epoch: int):
+        self.frames = lcfg.frames
+        self.num_classes = num_classes
+        self.multilabel = multilabel
+        self.seed = seed
+        self.epoch = epoch
+        self.transform = TrainTransform(
+            lcfg.size,
+            scale=lcfg.crop_scale,
+            ratio=lcfg.crop_ratio,
+            randaugment=lcfg.randaugment,
+            num_ops=lcfg.randaugment_ops,
+            magnitude=lcfg.randaugment_magnitude,
+        )
+
+    def __call__(self, sample: dict) -> dict:
+        key = sample["__key__"]
+        name = f"{sample.get('__url__')}:{key}"
+        meta = json.loads(sample["json"])
+        ext, data = _media(sample)
+        s = sample_seed(self.seed, self.epoch, key)
+        rng = random.Random(s)
+        if ext == "mp4":
+            frames, start, _ = decode_clip_train(data, self.frames, rng, name)
+            if self.multilabel and meta.get("actions") is not None:
+                fps = float(meta["fps"])
+                classes = window_classes(meta["actions"], start / fps, (start + self.frames) / fps)
+                label = multi_hot(classes, self.num_classes)
+            else:
+                label = _video_label(meta, self.num_classes, self.multilabel)
+        else:
+            frames = _decode_image(data, name)
+            label = _video_label(meta, self.num_classes, self.multilabel)
+        video = self.transform(frames, rng.getrandbits(63))  # (C, T, H, W)
+        return {"video": video, "label": label, "key": key}
+
+
+class _EvalSample:
+    """Decode one evaluation sample into its V x S views (runs in the worker)."""
+
+    def __init__(self, lcfg: LoaderConfig, num_classes: int, multilabel: bool):
+        self.frames = lcfg.frames
+        self.views = lcfg.temporal_views
+        self.num_classes = num_classes
+        self.multilabel = multilabel
+        self.transform = EvalTransform(lcfg.size, lcfg.spatial_views)
+
+    def __call__(self, src: Iterable[dict]) -> Iterator[dict]:
+        for sample in src:
+            key = sample["__key__"]
+            name = f"{sample.get('__url__')}:{key}"
+            meta = json.loads(sample["json"])
+            ext, data = _media(sample)
+            if ext == "mp4":
+                clips, _ = decode_clip_eval(data, self.frames, self.views, name)  # (V, T, H, W, C)
+            else:
+                clips = _decode_image(data, name)[None]  # (1, 1, H, W, C)
+            label = _video_label(meta, self.num_classes, self.multilabel)
+            spatial = self.transform.spatial_views
+            for v, clip in enumerate(clips):
+                for s, view in enumerate(self.transform(clip)):  # (S, C, T, H, W)
+                    yield {"video": view, "label": label, "key": key, "view": v * spatial + s}
+
+
+class _Collate:
+    """Stack samples into a batch dict that names its dataset."""
+
+    def __init__(self, dataset: str):
+        self.dataset = dataset
+
+    def __call__(self, samples: list[dict]) -> dict:
+        batch = {
+            "video": torch.stack([s["video"] for s in samples]),
+            "label": torch.stack([s["label"] for s in samples]),
+            "dataset": self.dataset,
+            "key": [s["key"] for s in samples],
+        }
+        if "view" in samples[0]:
+            batch["view"] = [s["view"] for s in samples]
+        return batch
+
+
+def _warn_and_continue(exn: Exception) -> bool:
+    log.warning("skipping a training sample: %s", exn)
+    return True
+
+
+# --------------------------------------------------------------------------------------------- loaders
+class ClipLoader:
+    """Training loader of one dataset: each ``iter()`` yields exactly ``epoch_batches`` batches (one epoch).
+
+    The k-th iteration reads epoch ``epoch + k``; the first one starts after ``start_batch`` batches
+    (resume) and yields ``epoch_batches - start_batch``. See the module docstring for the pipeline.
+    """
+
+    def __init__(
+        self,
+        urls: list[str],
+        lcfg: LoaderConfig,
+        *,
+        dataset: str,
+        num_classes: int,
+        multilabel: bool,
+        seed: int,
+        epoch_batches: int,
+        rank: int = 0,
+        world_size: int = 1,
+        epoch: int = 0,
+        start_batch: int = 0,
+    ):
+        if not urls:
+            raise ValueError(f"{dataset}: no shard URLs")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"{dataset}: rank {rank} not in [0, {world_size})")
+        if not 0 <= start_batch <= epoch_batches:
+            raise ValueError(f"{dataset}: start_batch {start_batch} not in [0, {epoch_batches}]")
+        self.urls = list(urls)
+        self.lcfg = lcfg
+        self.dataset = dataset
+        self.num_classes = num_classes
+        self.multilabel = multilabel
+        self.seed = seed
+        self.epoch_batches = epoch_batches
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = epoch
+        self.start_batch = start_batch
+
+    def __len__(self) -> int:
+        return self.epoch_batches
+
+    def pipeline(self, epoch: int, start_batch: int = 0) -> wds.DataPipeline:
+        """The per-worker sample pipeline of ``epoch`` (an IterableDataset of batches)."""
+        lcfg = self.lcfg
+        return wds.DataPipeline(
+            wds.ResampledShards(
+                self.urls,
+                seed=sample_seed("resample", self.seed, epoch) & 0x7FFFFFFF,
+                worker_seed=_WorkerSeed(self.rank),
+                deterministic=True,
+            ),
+            _ensure_handlers,
+            wds.tarfile_to_samples(handler=_warn_and_continue),
+            _seeded_shuffle(lcfg.shuffle_buffer, sample_seed(self.seed, epoch), self.rank),
+            _skip_consumed(start_batch, lcfg.batch_size),
+            wds.map(
+                _TrainSample(lcfg, self.num_classes, self.multilabel, self.seed, epoch),
+                handler=_warn_and_continue,
+            ),
+            wds.batched(lcfg.batch_size, collation_fn=_Collate(self.dataset), partial=False),
+        )
+
+    def __iter__(self) -> Iterator[dict]:
+        epoch, start = self.epoch, self.start_batch
+        self.epoch, self.start_batch = epoch + 1, 0
+        register_fsspec_handlers()
+        loader = wds.WebLoader(
+            self.pipeline(epoch, start),
+            batch_size=None,
+            num_workers=self.lcfg.workers,
+            worker_init_fn=_worker_init if self.lcfg.workers else None,
+            persistent_workers=False,
+        ).with_epoch(nbatches=self.epoch_batches - start)
+        return iter(loader)
+
+
+def train_loader(
+    urls: list[str],
+    lcfg: LoaderConfig,
+    *,
+    dataset: str,
+    num_classes: int,
+    multilabel: bool = False,
+    seed: int = 0,
+    epoch_batches: int,
+    rank: int = 0,
+    world_size: int = 1,
+    epoch: int = 0,
+    start_batch: int = 0,
+) -> ClipLoader:
+    """The training loader of one dataset (a :class:`ClipLoader`); see the module docstring.
+
+    Args:
+        urls: shard URLs (:func:`shard_urls`, or a list from params; ``pipe:`` only from params).
+        lcfg: frames T, crop size, batch size B (per rank), workers, shuffle buffer, augmentation.
+        dataset: the name every batch carries (``"kinetics"``, ...).
+        num_classes: K, the length of multi-hot labels.
+        multilabel: Charades-style multi-hot labels (float32 (B, K)) instead of int64 (B,).
+        seed, epoch: the data order and the augmentation are pure functions of these (and rank, workers).
+        epoch_batches: batches per ``iter()``, equal on every rank.
+        rank, world_size: this process's place among the training processes (explicit: no env lookup).
+        start_batch: batches already consumed in ``epoch`` (resume); skipped before decoding.
+
+    Yields batches ``{"video": float32 (B, 3, T, size, size), "label", "dataset", "key"}``.
+    """
+    return ClipLoader(
+        urls,
+        lcfg,
+        dataset=dataset,
+        num_classes=num_classes,
+        multilabel=multilabel,
+        seed=seed,
+        epoch_batches=epoch_batches,
+        rank=rank,
+        world_size=world_size,
+        epoch=epoch,
+        start_batch=start_batch,
+    )
+
+
+def eval_dataset(
+    urls: list[str],
+    lcfg: LoaderConfig,
+    *,
+    dataset: str,
+    num_classes: int,
+    multilabel: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+) -> wds.DataPipeline:
+    """The evaluation pipeline (an IterableDataset of batches); :func:`eval_loader` wraps it."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"{dataset}: rank {rank} not in [0, {world_size})")
+    return wds.DataPipeline(
+        wds.SimpleShardList(list(urls)),
+        _split_by_rank(rank, world_size),
+        _split_by_worker,
+        _ensure_handlers,
+        wds.tarfile_to_samples(),
+        _EvalSample(lcfg, num_classes, multilabel),
+        wds.batched(lcfg.batch_size, collation_fn=_Collate(dataset), partial=True),
+    )
+
+
+def eval_loader(
+    urls: list[str],
+    lcfg: LoaderConfig,
+    *,
+    dataset: str,
+    num_classes: int,
+    multilabel: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+) -> wds.WebLoader:
+    """The evaluation loader: every sample of ``urls`` exactly once across ranks x workers, in views.
+
+    Each clip gives ``lcfg.temporal_views * lcfg.spatial_views`` entries with the same ``key`` and
+    ``view`` = v * S + s. Batches: ``{"video": float32 (B, 3, T, size, size), "label" (video-level),
+    "dataset", "key", "view"}``; the last batch of each worker may be smaller. Gather outputs by ``key``
+    across ranks and check them with :func:`check_complete`. A sample that does not decode raises
+    :class:`~tubevit.data.video.DecodeError` naming the shard and key.
+    """
+    register_fsspec_handlers()
+    return wds.WebLoader(
+        eval_dataset(
+            urls,
+            lcfg,
+            dataset=dataset,
+            num_classes=num_classes,
+            multilabel=multilabel,
+            rank=rank,
+            world_size=world_size,
+        ),
+        batch_size=None,
+        num_workers=lcfg.workers,
+        worker_init_fn=_worker_init if lcfg.workers else None,
+    )
+
+
+# --------------------------------------------------------------------------------------------- joint
+def dataset_for_step(step: int, weights: Mapping[str, float], seed: int) -> str:
+    """The dataset of optimiser step ``step``: ``random.Random(seed + step)``, weighted (names sorted)."""
+    names = sorted(weights)
+    return random.Random(seed + step).choices(names, weights=[weights[n] for n in names])[0]
+
+
+def step_counts(weights: Mapping[str, float], seed: int, stop: int, start: int = 0) -> dict[str, int]:
+    """How many of the steps [start, stop) go to each dataset (e.g. the ``start_batch`` of a resume)."""
+    counts = dict.fromkeys(sorted(weights), 0)
+    for k in range(start, stop):
+        counts[dataset_for_step(k, weights, seed)] += 1
+    return counts
+
+
+class JointBatches:
+    """Alternate datasets by weight: step k's batches come from :func:`dataset_for_step` ``(k)``.
+
+    Yields ``batches_per_step`` consecutive batches per step (all micro-batches of one optimiser step come
+    from one dataset), starting at ``start_step``; forever, re-iterating a loader when it ends (the next
+    epoch of a :class:`ClipLoader`). Every batch is the loader's dict and names its dataset.
+    For a resume at step k, build each loader with ``start_batch = step_counts(weights, seed, k)[name] *
+    batches_per_step`` (per-epoch arithmetic aside).
+    """
+
+    def __init__(
+        self,
+        loaders: Mapping[str, Iterable[dict]],
+        weights: Mapping[str, float],
+        seed: int,
+        *,
+        start_step: int = 0,
+        batches_per_step: int = 1,
+    ):
+        missing = sorted(set(weights) - set(loaders))
+        if missing:
+            raise ValueError(f"weights name datasets without a loader: {missing}")
+        if any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
+            raise ValueError(f"weights must be >= 0 with a positive sum, got {dict(weights)}")
+        self.loaders = dict(loaders)
+        self.weights = {k: float(v) for k, v in weights.items() if v > 0}
+        self.seed = seed
+        self.start_step = start_step
+        self.batches_per_step = batches_per_step
+
+    def __iter__(self) -> Iterator[dict]:
+        iterators: dict[str, Iterator[dict]] = {}
+        step = self.start_step
+        while True:
+            name = dataset_for_step(step, self.weights, self.seed)
+            for _ in range(self.batches_per_step):
+                if name not in iterators:
+                    iterators[name] = iter(self.loaders[name])
+                try:
+                    batch = next(iterators[name])
+                except StopIteration:
+                    iterators[name] = iter(self.loaders[name])
+                    try:
+                        batch = next(iterators[name])
+                    except StopIteration:
+                        raise RuntimeError(f"{name}: the loader yields no batches") from None
+                if batch.get("dataset", name) != name:
+                    raise RuntimeError(f"loader {name!r} yielded a batch of {batch['dataset']!r}")
+                yield batch
+            step += 1
