@@ -50,10 +50,7 @@ def eval_indices(num_frames: int, frames: int, views: int) -> np.ndarray:
     if num_frames < 1:
         raise ValueError(f"a video needs at least 1 frame, got {num_frames}")
     last_start = max(num_frames - frames, 0)
-    if views == 1:
-        starts = np.array([last_start / 2])
-    else:
-        starts = np.linspace(0, last_start, views)
+    starts = np.array([last_start / 2]) if views == 1 else np.linspace(0, last_start, views)
     starts = np.floor(starts + 0.5).astype(np.int64)
     idx = starts[:, None] + np.arange(frames)[None, :]
     return np.minimum(idx, num_frames - 1)

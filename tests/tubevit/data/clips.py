@@ -30,12 +30,12 @@ def index_frames(n: int, height: int = 48, width: int = 64) -> np.ndarray:
 
 def encode(path: Path, frames: np.ndarray, fps: float) -> Path:
     """Encode uint8 (n, H, W, 3) RGB frames to an h264 mp4 at ``fps`` (deterministic flags)."""
-    n, h, w, _ = frames.shape
+    _n, h, w, _ = frames.shape
     path.parent.mkdir(parents=True, exist_ok=True)
     cmd = [
         "ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-threads", "1",
         "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", str(fps), "-i", "-",
-        "-c:v", "libx264", "-preset", "veryfast", "-crf", "10", "-g", str(int(round(fps))),
+        "-c:v", "libx264", "-preset", "veryfast", "-crf", "10", "-g", str(round(fps)),
         "-pix_fmt", "yuv420p", "-threads", "1", "-fflags", "+bitexact", "-map_metadata", "-1",
         "-movflags", "+faststart", str(path),
     ]  # fmt: skip
