@@ -1,0 +1,107 @@
+"""The item every dataset adapter returns, split-name normalisation and annotation errors.
+
+An adapter (``pipelines/datasets/<format>.py``) reads a dataset's *real* annotation format from the
+download stage's output folder ``raw/<ds>/`` and returns a list of :class:`Item`. The synthetic
+generator writes the same formats, so one adapter serves both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["SPLIT_ALIASES", "AnnotationError", "Item", "find_media", "normalise_split"]
+
+# Split names as the real datasets spell them -> the pipeline's names.
+# Kinetics-400 uses "val", Kinetics-700(-2020) "validate"; Charades calls its held-out split "test" (it is the
+# validation set of every paper); SSv2 "validation". Kinetics' own "test" split stays "test" (labels are
+# absent in the Kinetics-600 release), so it is not mixed into "val".
+SPLIT_ALIASES: dict[str, str] = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validate": "val",
+    "validation": "val",
+    "test": "test",
+}
+
+VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v")
+
+
+class AnnotationError(ValueError):
+    """An annotation file is missing, malformed or names an unknown label.
+
+    The message names the file, the line (where there is one) and the reason:
+    ``raw/kinetics/train.csv:12: time_end 3 is not after time_start 5``.
+    """
+
+    def __init__(self, path: str | Path, reason: str, line: int | str | None = None):
+        self.path = str(path)
+        self.line = line
+        self.reason = reason
+        where = f"{path}:{line}" if line is not None else f"{path}"
+        super().__init__(f"{where}: {reason}")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One annotated sample of a dataset.
+
+    Attributes:
+        id: unique within the dataset (Kinetics: ``{youtube_id}_{start:06d}_{end:06d}``; may start with ``-``).
+        split: the normalised split, ``"train"``, ``"val"`` or ``"test"``.
+        source: the media file, relative to the dataset root (POSIX separators), or a URL when the file is
+            not on disk yet (Kinetics: the YouTube watch URL).
+        label: the class index (single-label datasets), ``None`` for multi-label or unlabelled items.
+        labels: the class indices of a multi-label item (Charades: the video's actions), ``()`` when none.
+        start: start of the annotated window in seconds, ``None`` for the whole file.
+        end: end of the annotated window in seconds, ``None`` for the whole file.
+        actions: Charades: ``(class, start s, end s)`` per action, ``()`` otherwise.
+        extra: dataset-specific metadata (JSON-serialisable).
+    """
+
+    id: str
+    split: str
+    source: str
+    label: int | None = None
+    labels: tuple[int, ...] = ()
+    start: float | None = None
+    end: float | None = None
+    actions: tuple[tuple[int, float, float], ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+def normalise_split(name: str, where: str = "split") -> str:
+    """Map a dataset's split name (``validate``, ``validation``, ``val``...) to ``train``/``val``/``test``.
+
+    Raises:
+        ValueError: an unknown split name; the message names ``where`` and the known names.
+    """
+    key = str(name).strip().lower()
+    if key not in SPLIT_ALIASES:
+        raise ValueError(f"{where}: unknown split {name!r}; known: {', '.join(sorted(SPLIT_ALIASES))}")
+    return SPLIT_ALIASES[key]
+
+
+def find_media(root: Path, suffixes: tuple[str, ...] = VIDEO_SUFFIXES) -> dict[str, str]:
+    """Index the media files under ``root`` by file stem: ``{stem: path relative to root}``.
+
+    Hidden files and folders (temporaries, download state) are ignored. Where one stem occurs more than
+    once the first in sorted path order wins, so the result is deterministic.
+    """
+    index: dict[str, str] = {}
+    root = Path(root)
+    if not root.is_dir():
+        return index
+    paths = sorted(
+        p
+        for p in root.rglob("*")
+        if p.suffix.lower() in suffixes
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
+    for p in paths:
+        if p.is_file():
+            index.setdefault(p.stem, p.relative_to(root).as_posix())
+    return index
