@@ -54,6 +54,7 @@ from pipelines.common import (
     sha256_file,
     write_json_atomic,
 )
+from pipelines.params import load_params_or_exit
 from tubevit.config.data import ShardConfig
 
 log = logging.getLogger(__name__)
@@ -362,37 +363,6 @@ def shard_flow(name: str, splits: list[str], scfg: ShardConfig, videos: Path, ou
     return shard_task(name, splits, scfg, videos, out)
 
 
-def _load_params(path: Path, name: str):
-    """(DatasetConfig, ShardConfig) of dataset ``name`` from params.yaml."""
-    try:
-        from pipelines.params import load_params  # written by another engineer; preferred when present
-    except ImportError:
-        load_params = None
-    from tubevit.config.base import ConfigError, build
-    from tubevit.config.data import DatasetConfig
-
-    if load_params is not None:
-        params = load_params(path)
-        datasets = params.datasets if hasattr(params, "datasets") else params["datasets"]
-        shard = params.shard if hasattr(params, "shard") else params.get("shard")
-        if name not in datasets:
-            raise ConfigError(f"datasets.{name}", "not in params")
-        dcfg = datasets[name]
-        dcfg = dcfg if isinstance(dcfg, DatasetConfig) else build(DatasetConfig, dcfg, f"datasets.{name}")
-        scfg = shard if isinstance(shard, ShardConfig) else build(ShardConfig, shard, "shard")
-        return dcfg, scfg
-    import yaml
-
-    with open(path, encoding="utf-8") as f:
-        raw = yaml.safe_load(f) or {}
-    datasets = raw.get("datasets") or {}
-    if name not in datasets:
-        raise ConfigError(f"datasets.{name}", "not in params")
-    return build(DatasetConfig, datasets[name], f"datasets.{name}"), build(
-        ShardConfig, raw.get("shard"), "shard"
-    )
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Pack re-encoded clips into WebDataset shards.")
     parser.add_argument("dataset", help="dataset name (kinetics, charades, ssv2, imagenet)")
@@ -402,7 +372,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-flow", action="store_true", help="call run() directly, without Prefect")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    dcfg, scfg = _load_params(args.params, args.dataset)
+    params = load_params_or_exit(args.params, dataset=args.dataset)
+    dcfg, scfg = params.dataset(args.dataset), params.shard
     if args.no_flow:
         summary = run(args.dataset, list(dcfg.splits), scfg, args.videos, args.out)
     else:
