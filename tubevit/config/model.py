@@ -1,0 +1,82 @@
+"""Config of the model (``model`` in params.yaml) and the one function that builds a TubeViT from it.
+
+```yaml
+model:
+  variant: nano            # nano | tiny | small | base | large | huge
+  tubes: embedded          # a tube set name, or a list of {kernel, stride, offset, s2d} specs
+  drop_path_rate: 0.0
+  head_dropout: 0.0        # dropout before each dataset's classifier (fine-tuning sets it per dataset)
+  head_mlp: false          # big_vision's MLP in the MAP head
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from tubevit.config.base import ConfigError, check
+from tubevit.model.tubes import TubeSpec, TubeSpecError, parse_tubes
+from tubevit.model.tubevit import TubeViT, create_model
+
+__all__ = ["ModelConfig", "build_model"]
+
+VariantName = Literal["nano", "tiny", "small", "base", "large", "huge"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """TubeViT size, tubes and regularisation. Rates are probabilities in [0, 1)."""
+
+    variant: VariantName = "nano"
+    tubes: str | list[dict[str, Any]] = "embedded"  # set name (tubevit.model.tubes.get_tube_set) or specs
+    drop_path_rate: float = 0.0  # stochastic depth at the last block (linear from 0)
+    drop_rate: float = 0.0  # dropout after the position embedding and in attention / MLP projections
+    attn_drop_rate: float = 0.0  # attention-probability dropout
+    head_dropout: float = 0.0  # dropout before each dataset's linear classifier
+    head_mlp: bool = False  # MLP in the MAP head (big_vision); off as in our default
+
+    def __post_init__(self) -> None:
+        for name in ("drop_path_rate", "drop_rate", "attn_drop_rate", "head_dropout"):
+            value = getattr(self, name)
+            check(0.0 <= value < 1.0, name, f"must be in [0, 1), got {value}")
+        try:
+            specs = parse_tubes(self.tubes)
+        except TubeSpecError as exc:
+            raise ConfigError(exc.key, exc.reason) from None
+        from tubevit.model.tubevit import VARIANTS
+
+        width = VARIANTS[self.variant].embed_dim
+        for i, spec in enumerate(specs):
+            check(
+                width % spec.split == 0,
+                f"tubes[{i}].s2d" if not isinstance(self.tubes, str) else "tubes",
+                f"S2D factor {spec.split} of tube {spec} does not divide the {self.variant} width {width}",
+            )
+
+    @property
+    def specs(self) -> tuple[TubeSpec, ...]:
+        """The tube specs of ``tubes`` (a set's specs, or the parsed list)."""
+        return parse_tubes(self.tubes)
+
+
+def build_model(cfg: ModelConfig, heads: Mapping[str, int], **overrides: Any) -> TubeViT:
+    """Build the TubeViT described by ``cfg`` with one classifier per ``heads`` entry (name -> classes).
+
+    ``overrides`` replace ``cfg`` fields for this build (e.g. ``head_dropout=0.2`` for Charades
+    fine-tuning, ``tubes="charades_interpolated"``); they are validated like params.
+    """
+    if overrides:
+        cfg = dataclasses.replace(cfg, **overrides)
+    return create_model(
+        cfg.variant,
+        cfg.specs,
+        heads,
+        drop_path_rate=cfg.drop_path_rate,
+        drop_rate=cfg.drop_rate,
+        attn_drop_rate=cfg.attn_drop_rate,
+        head_dropout=cfg.head_dropout,
+        head_mlp=cfg.head_mlp,
+    )
