@@ -160,14 +160,25 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
-class _WorkerSeed:
-    """ResampledShards' worker seed: folds the rank and the DataLoader worker into its shard draws."""
+def _logical_worker(start_batch: int) -> tuple[int, int]:
+    """(logical worker, number of workers): the worker whose batches are at positions l, l + W, ... of an
+    epoch. The DataLoader takes batch i of an iteration from worker i % W; an iteration that starts at
+    batch ``start_batch`` (resume) therefore gives worker w the positions of logical worker
+    (w + start_batch) % W. Data order depends on the logical worker only, so a resumed epoch continues
+    exactly where the interrupted one stopped."""
+    worker, workers = _worker()
+    return (worker + start_batch) % workers, workers
 
-    def __init__(self, rank: int):
+
+class _WorkerSeed:
+    """ResampledShards' worker seed: folds the rank and the (logical) worker into its shard draws."""
+
+    def __init__(self, rank: int, start_batch: int = 0):
         self.rank = rank
+        self.start_batch = start_batch
 
     def __call__(self) -> int:
-        return sample_seed("shards", self.rank, _worker()[0]) & 0x7FFFFFFF
+        return sample_seed("shards", self.rank, _logical_worker(self.start_batch)[0]) & 0x7FFFFFFF
 
 
 def _ensure_handlers(src):
@@ -191,9 +202,9 @@ def _split_by_worker(src):
             yield item
 
 
-def _seeded_shuffle(bufsize: int, seed: int, rank: int) -> Callable:
+def _seeded_shuffle(bufsize: int, seed: int, rank: int, start_batch: int = 0) -> Callable:
     def stage(src):
-        worker, _ = _worker()
+        worker, _ = _logical_worker(start_batch)
         yield from wds.shuffle(bufsize, initial=bufsize, seed=sample_seed("shuffle", seed, rank, worker))(src)
 
     return stage
@@ -202,11 +213,11 @@ def _seeded_shuffle(bufsize: int, seed: int, rank: int) -> Callable:
 def _skip_consumed(start_batch: int, batch_size: int) -> Callable:
     """Drop, in this worker, the samples of the first ``start_batch`` loader batches that it would make.
 
-    The DataLoader takes batch i from worker i % W, so worker w made ceil((k - w) / W) of the first k.
+    Logical worker l (:func:`_logical_worker`) made ceil((k - l) / W) of the first k batches.
     """
 
     def stage(src):
-        worker, workers = _worker()
+        worker, workers = _logical_worker(start_batch)
         skip = max(0, -(-(start_batch - worker) // workers)) * batch_size
         for i, sample in enumerate(src):
             if i >= skip:
@@ -228,7 +239,7 @@ def _decode_image(data: bytes, name: str) -> np.ndarray:
 
     try:
         with Image.open(io.BytesIO(data)) as im:
-            return np.asarray(im.convert("RGB"))[None]  # (1, H, W, 3)
+            return np.array(im.convert("RGB"))[None]  # (1, H, W, 3)
     except Exception as exc:
         raise DecodeError(f"{name}: cannot decode image ({exc})") from None
 
@@ -396,12 +407,12 @@ class ClipLoader:
             wds.ResampledShards(
                 self.urls,
                 seed=sample_seed("resample", self.seed, epoch) & 0x7FFFFFFF,
-                worker_seed=_WorkerSeed(self.rank),
+                worker_seed=_WorkerSeed(self.rank, start_batch),
                 deterministic=True,
             ),
             _ensure_handlers,
             wds.tarfile_to_samples(handler=_warn_and_continue),
-            _seeded_shuffle(lcfg.shuffle_buffer, sample_seed(self.seed, epoch), self.rank),
+            _seeded_shuffle(lcfg.shuffle_buffer, sample_seed(self.seed, epoch), self.rank, start_batch),
             _skip_consumed(start_batch, lcfg.batch_size),
             wds.map(
                 _TrainSample(lcfg, self.num_classes, self.multilabel, self.seed, epoch),

@@ -1,0 +1,273 @@
+"""WebDataset loaders: batch contents, sampled frames, determinism, resume, exact evaluation, joint batches."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pytest
+import torch
+
+from pipelines.shard import read_tar_samples
+from pipelines.shard import run as shard
+from tests.tubevit.data.clips import decoded_indices, make_image_set, make_video_set
+from tubevit.config.data import LoaderConfig, ShardConfig
+from tubevit.data.shards import (
+    JointBatches,
+    check_complete,
+    dataset_for_step,
+    eval_loader,
+    read_index,
+    register_fsspec_handlers,
+    shard_urls,
+    step_counts,
+    train_loader,
+    window_classes,
+)
+from tubevit.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from tubevit.data.video import eval_indices
+
+# no augmentation, full-frame crop: the loader's output frames can be read back as indices
+PLAIN = LoaderConfig(
+    frames=8,
+    size=24,
+    batch_size=4,
+    workers=0,
+    shuffle_buffer=8,
+    crop_scale=(1.0, 1.0),
+    crop_ratio=(64 / 48, 64 / 48),
+    randaugment=False,
+)
+AUG = replace(PLAIN, crop_scale=(0.25, 1.0), crop_ratio=(0.75, 4 / 3), randaugment=True)
+CHARADES_ACTIONS = [[0, 0.0, 1.5], [1, 2.0, 3.0], [2, 4.0, 5.0]]
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    """shards/{kinetics,charades,imagenet}/<split>/ made by the shard stage from generated media."""
+    base = tmp_path_factory.mktemp("data")
+    kinetics = [
+        {"id": f"k{i:02d}", "split": "train" if i < 12 else "val", "frames": 12 + i % 9, "label": i % 3}
+        for i in range(22)
+    ]
+    make_video_set(base / "videos" / "kinetics", kinetics, ["a", "b", "c"], fps=15.0)
+    charades = [
+        {
+            "id": f"C{i}",
+            "split": "train" if i < 4 else "val",
+            "frames": 30,
+            "labels": [0, 1, 2],
+            "actions": CHARADES_ACTIONS,
+        }
+        for i in range(6)
+    ]
+    charades.append({"id": "C9", "split": "val", "frames": 30})  # a video with no actions
+    make_video_set(base / "videos" / "charades", charades, ["x", "y", "z", "w"], fps=6.0)
+    images = [{"id": f"n{i}", "split": "train", "label": i % 2, "value": 10 * i} for i in range(8)]
+    make_image_set(base / "videos" / "imagenet", images, ["n01", "n02"])
+    for ds in ("kinetics", "charades", "imagenet"):
+        shard(
+            ds,
+            ["train", "val"],
+            ShardConfig(target_bytes=1 << 20, min_shards=4),
+            base / "videos" / ds,
+            base / "shards" / ds,
+        )
+    return base / "shards"
+
+
+def _metas(root: Path, ds: str, split: str) -> dict[str, dict]:
+    index = read_index(root / ds / split / "index.json")
+    return {
+        k: json.loads(s["json"])
+        for e in index["shards"]
+        for k, s in read_tar_samples(root / ds / split / e["name"]).items()
+    }
+
+
+def _frames(video: torch.Tensor) -> np.ndarray:
+    """Normalised float (C, T, H, W) -> uint8-valued (T, H, W, C) (for reading frame indices back)."""
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1, 1)
+    return ((video * std + mean) * 255).permute(1, 2, 3, 0).numpy()
+
+
+def _loader(root, lcfg=PLAIN, ds="kinetics", **kw):
+    args = {"dataset": ds, "num_classes": 3, "seed": 0, "epoch_batches": 3, **kw}
+    return train_loader(shard_urls(root / ds / "train" / "index.json"), lcfg, **args)
+
+
+def test_train_batches_hold_the_right_clips_and_labels(root):
+    metas = _metas(root, "kinetics", "train")
+    batches = list(_loader(root))
+    assert len(batches) == 3
+    for batch in batches:
+        assert set(batch) == {"video", "label", "dataset", "key"} and batch["dataset"] == "kinetics"
+        assert batch["video"].dtype == torch.float32 and batch["video"].shape == (4, 3, 8, 24, 24)
+        assert batch["label"].dtype == torch.int64 and batch["label"].tolist() == [
+            metas[k]["label"] for k in batch["key"]
+        ]
+        for key, video in zip(batch["key"], batch["video"], strict=True):
+            idx = decoded_indices(_frames(video))
+            n = metas[key]["frames"]
+            assert idx == list(range(idx[0], idx[0] + 8)) and 0 <= idx[0] <= n - 8, (key, idx, n)
+
+
+def test_determinism_epochs_and_worker_independent_augmentation(root):
+    def run(**kw):
+        return list(_loader(root, AUG, epoch_batches=4, **kw))
+
+    a, b = run(), run()
+    assert all(
+        torch.equal(x["video"], y["video"]) and x["key"] == y["key"] for x, y in zip(a, b, strict=True)
+    )
+    other = run(seed=1)
+    assert [x["key"] for x in a] != [x["key"] for x in other]
+    # with 2 workers the order differs, but a key's clip (window + augmentation) is the same
+    two = list(_loader(root, replace(AUG, workers=2), epoch_batches=4))
+    by_key = {k: v for x in a for k, v in zip(x["key"], x["video"], strict=True)}
+    common = [(k, v) for x in two for k, v in zip(x["key"], x["video"], strict=True) if k in by_key]
+    assert common, "no key in common between the two runs"
+    assert all(torch.equal(v, by_key[k]) for k, v in common)
+    # each iter() of a loader is the next epoch; epoch 1 equals a loader built at epoch 1
+    loader = _loader(root, AUG)
+    first, second = list(loader), list(loader)
+    assert [x["key"] for x in first] == [x["key"] for x in a[:3]]
+    epoch1 = list(_loader(root, AUG, epoch=1))
+    assert all(torch.equal(x["video"], y["video"]) for x, y in zip(second, epoch1, strict=True))
+    assert not torch.equal(first[0]["video"], second[0]["video"])
+
+
+def test_resume_skips_consumed_batches_with_two_workers(root):
+    lcfg = replace(PLAIN, workers=2, batch_size=2)
+    full = list(_loader(root, lcfg, epoch_batches=7))
+    resumed = list(_loader(root, lcfg, epoch_batches=7, start_batch=3))
+    assert len(full) == 7 and len(resumed) == 4
+    assert [x["key"] for x in resumed] == [x["key"] for x in full[3:]]
+    assert all(torch.equal(x["video"], y["video"]) for x, y in zip(resumed, full[3:], strict=True))
+
+
+def test_ranks_get_equal_batch_counts_and_different_data(root):
+    ranks = [list(_loader(root, epoch_batches=2, rank=r, world_size=2)) for r in (0, 1)]
+    assert [len(r) for r in ranks] == [2, 2]
+    assert [b["key"] for b in ranks[0]] != [b["key"] for b in ranks[1]]
+
+
+def test_evaluation_reads_every_sample_once_across_ranks_and_workers(root):
+    index = root / "kinetics" / "val" / "index.json"
+    assert len(read_index(index)["shards"]) == 4
+    metas = _metas(root, "kinetics", "val")
+    lcfg = replace(PLAIN, workers=2, batch_size=3, temporal_views=2, spatial_views=1)
+    keys, views = [], {}
+    for rank in (0, 1):
+        for batch in eval_loader(
+            shard_urls(index), lcfg, dataset="kinetics", num_classes=3, rank=rank, world_size=2
+        ):
+            assert batch["dataset"] == "kinetics" and batch["video"].shape[1:] == (3, 8, 24, 24)
+            assert batch["label"].tolist() == [metas[k]["label"] for k in batch["key"]]
+            keys += batch["key"]
+            for key, view, video in zip(batch["key"], batch["view"], batch["video"], strict=True):
+                views[(key, view)] = decoded_indices(_frames(video))
+    check_complete(keys, index, views=2)
+    assert sorted(set(keys)) == sorted(metas) and len(keys) == 20
+    for (key, view), idx in views.items():
+        assert idx == eval_indices(metas[key]["frames"], 8, 2)[view].tolist()
+
+
+def test_check_complete_names_the_problem():
+    with pytest.raises(ValueError, match=r"wrong number of times \(expected 1\): \['000000002'\]"):
+        check_complete(["000000001", "000000002", "000000002"], 2)
+    with pytest.raises(ValueError, match="evaluation saw 1 samples, the index lists 2"):
+        check_complete(["000000001"], 2)
+
+
+def test_charades_labels_window_for_training_video_level_for_evaluation(root):
+    metas = _metas(root, "charades", "train")
+    seen = set()
+    for batch in _loader(root, ds="charades", num_classes=4, multilabel=True, epoch_batches=4):
+        assert batch["label"].dtype == torch.float32 and batch["label"].shape == (4, 4)
+        for key, video, label in zip(batch["key"], batch["video"], batch["label"], strict=True):
+            start = decoded_indices(_frames(video))[0]
+            classes = window_classes(metas[key]["actions"], start / 6.0, (start + 8) / 6.0)
+            assert torch.nonzero(label).flatten().tolist() == classes
+            seen.add(tuple(classes))
+    assert len(seen) >= 2  # different windows give different labels
+    assert window_classes(CHARADES_ACTIONS, 1.0, 2.0) == [0] and window_classes(
+        CHARADES_ACTIONS, 1.0, 2.5
+    ) == [0, 1]
+    val = _metas(root, "charades", "val")
+    urls = shard_urls(root / "charades" / "val" / "index.json")
+    labels = {}
+    for batch in eval_loader(urls, PLAIN, dataset="charades", num_classes=4, multilabel=True):
+        labels.update({k: v.tolist() for k, v in zip(batch["key"], batch["label"], strict=True)})
+    assert set(labels) == set(val)
+    for key, label in labels.items():
+        want = [1.0, 1.0, 1.0, 0.0] if val[key]["id"] != "C9" else [0.0] * 4
+        assert label == want
+
+
+def test_images_arrive_with_one_frame(root):
+    metas = _metas(root, "imagenet", "train")
+    for batch in _loader(root, AUG, ds="imagenet", num_classes=2, epoch_batches=2):
+        assert batch["dataset"] == "imagenet" and batch["video"].shape == (4, 3, 1, 24, 24)
+        assert batch["label"].tolist() == [metas[k]["label"] for k in batch["key"]]
+
+
+def test_joint_batches_follow_the_seeded_schedule(root):
+    loaders = {
+        "kinetics": _loader(root, epoch_batches=2),
+        "imagenet": _loader(root, ds="imagenet", num_classes=2, epoch_batches=2),
+    }
+    weights = {"kinetics": 3.0, "imagenet": 1.0}
+    joint = JointBatches(loaders, weights, seed=5, batches_per_step=2)
+    batches = []
+    for batch in joint:
+        batches.append(batch)
+        if len(batches) == 12:
+            break
+    names = [b["dataset"] for b in batches]
+    assert names == [dataset_for_step(k // 2, weights, 5) for k in range(12)]
+    assert all(b["video"].shape[2] == (1 if b["dataset"] == "imagenet" else 8) for b in batches)
+    assert names[0::2] == names[1::2]  # both micro-batches of a step come from one dataset
+    # the same schedule on every rank, a weighted draw, and counts for resuming
+    assert [dataset_for_step(k, weights, 5) for k in range(50)] == [
+        dataset_for_step(k, dict(reversed(weights.items())), 5) for k in range(50)
+    ]
+    counts = step_counts(weights, 5, 400)
+    assert sum(counts.values()) == 400 and 250 < counts["kinetics"] < 350
+    assert step_counts(weights, 5, 10, start=4) == {
+        n: [dataset_for_step(k, weights, 5) for k in range(4, 10)].count(n) for n in ("imagenet", "kinetics")
+    }
+    with pytest.raises(ValueError, match=r"without a loader: \['ssv2'\]"):
+        JointBatches(loaders, {"ssv2": 1.0}, seed=0)
+
+
+def test_fsspec_urls_and_index(root):
+    """A memory:// shard set read through the registered fsspec gopen handler (the s3/gs path)."""
+    gopen = importlib.import_module("webdataset.gopen")  # the module (webdataset.gopen is also a function)
+    register_fsspec_handlers()
+    assert gopen.gopen_schemes["s3"].__name__ == "_fsspec_gopen"
+    assert gopen.gopen_schemes["gs"].__name__ == "_fsspec_gopen"
+    register_fsspec_handlers(["memory"])
+    fs = fsspec.filesystem("memory")
+    folder = root / "kinetics" / "val"
+    for path in folder.iterdir():
+        fs.pipe(f"/shards/kinetics/val/{path.name}", path.read_bytes())
+    urls = shard_urls("memory://shards/kinetics/val/index.json")
+    assert urls[0] == "memory://shards/kinetics/val/kinetics-val-000000.tar"
+    keys = [k for b in eval_loader(urls, PLAIN, dataset="kinetics", num_classes=3) for k in b["key"]]
+    check_complete(keys, "memory://shards/kinetics/val/index.json")
+
+
+def test_shard_urls_refuse_names_that_are_not_plain_files(tmp_path):
+    for bad in ("pipe:curl x.tar", "../other.tar", "-rf.tar", "sub/x.tar"):
+        (tmp_path / "index.json").write_text(
+            json.dumps({"shards": [{"name": bad}], "total": 1, "classes": []})
+        )
+        with pytest.raises(ValueError, match="refusing shard name"):
+            shard_urls(tmp_path / "index.json")
+    with pytest.raises(ValueError, match="refusing to read an index through a pipe"):
+        shard_urls("pipe:cat index.json")
