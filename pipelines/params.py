@@ -6,9 +6,9 @@ ONE line on stderr that names the dotted key, and exit status 2::
     params.yaml: pretrain.optim.lr: expected a number, got 'fast'
 
 Malformed means: an unknown key, a wrong type, a value out of range (e.g. a negative fps), a dataset that
-is referenced (``pretrain.datasets``, ``pretrain.loader``, ``finetune``, ``evaluate``, ``recipes``) but not
-defined under ``datasets``, an invalid tube spec (checked by the model config), a duplicated YAML key or
-a file that is not YAML.
+is referenced (``pretrain.datasets``, ``pretrain.loader``, ``finetune``, ``recipes``) but not defined
+under ``datasets``, an invalid tube spec (checked by :class:`tubevit.config.model.ModelConfig`), a duplicated
+YAML key or a file that is not YAML.
 
 Check a file by hand: ``python -m pipelines.params --check params.yaml``.
 """
@@ -16,16 +16,20 @@ Check a file by hand: ``python -m pipelines.params --check params.yaml``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_type_hints
 
-import yaml
+from ruamel.yaml import YAML
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from tubevit.config.base import ConfigError, build, check, to_dict
 from tubevit.config.data import DatasetConfig, ReencodeConfig, ShardConfig
+from tubevit.config.model import ModelConfig
+from tubevit.config.train import EvaluateConfig, FinetuneConfig, PretrainConfig
 
 __all__ = [
     "ConfigError",
@@ -101,8 +105,17 @@ class RecipeConfig:
         check(self.spatial_views in (1, 3), "spatial_views", f"must be 1 or 3, got {self.spatial_views}")
 
 
-# model, pretrain, finetune and evaluate are kept as plain mappings until tubevit.config.model and
-# tubevit.config.train land; then they become ModelConfig, PretrainConfig, FinetuneConfig, EvaluateConfig.
+def _check_model(model: ModelConfig, key: str, **changes: Any) -> None:
+    """Validate ``model`` with ``changes`` (a variant, a tube set) as if they stood at ``key``."""
+    variants = get_args(get_type_hints(ModelConfig)["variant"])
+    if "variant" in changes and changes["variant"] not in variants:
+        raise ConfigError(key, f"unknown model variant {changes['variant']!r}; known: {', '.join(variants)}")
+    try:
+        dataclasses.replace(model, **changes)
+    except ConfigError as exc:
+        raise ConfigError(f"{key}.{exc.key}", exc.reason) from None
+
+
 @dataclass(frozen=True)
 class Params:
     """The whole ``params.yaml``, validated. Sections mirror the stages (DESIGN.md "Params")."""
@@ -111,10 +124,10 @@ class Params:
     seed: int = 0
     reencode: ReencodeConfig = field(default_factory=ReencodeConfig)
     shard: ShardConfig = field(default_factory=ShardConfig)
-    model: dict[str, Any] = field(default_factory=dict)
-    pretrain: dict[str, Any] = field(default_factory=dict)
-    finetune: dict[str, dict[str, Any]] = field(default_factory=dict)
-    evaluate: dict[str, Any] = field(default_factory=dict)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    finetune: dict[str, FinetuneConfig] = field(default_factory=dict)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     recipes: dict[str, dict[str, dict[str, RecipeConfig]]] = field(default_factory=dict)
     deploy: DeployConfig = field(default_factory=DeployConfig)
 
@@ -122,23 +135,28 @@ class Params:
         check(len(self.datasets) >= 1, "datasets", "must define at least one dataset")
         for key, name in self._dataset_references():
             check(name in self.datasets, key, f"dataset {name!r} is not defined under datasets")
+        for name, cfg in self.finetune.items():
+            if cfg.tubes is not None:
+                _check_model(self.model, f"finetune.{name}", tubes=cfg.tubes)
+            multilabel = self.datasets[name].multilabel
+            check(
+                cfg.multilabel == multilabel,
+                f"finetune.{name}.multilabel",
+                f"must equal datasets.{name}.multilabel ({str(multilabel).lower()})",
+            )
+        for profile, per_dataset in self.recipes.items():
+            for name, variants in per_dataset.items():
+                for variant, recipe in variants.items():
+                    key = f"recipes.{profile}.{name}.{variant}"
+                    _check_model(ModelConfig(), key, variant=variant, tubes=recipe.tubes)
 
     def _dataset_references(self) -> list[tuple[str, str]]:
         """(dotted key, dataset name) for every place that names a dataset."""
-        refs: list[tuple[str, str]] = []
-        for section in ("datasets", "loader"):
-            value = self.pretrain.get(section)
-            if isinstance(value, Mapping):
-                refs += [(f"pretrain.{section}.{name}", str(name)) for name in value]
-        refs += [(f"finetune.{name}", str(name)) for name in self.finetune]
-        for section in ("datasets", "loader"):
-            value = self.evaluate.get(section)
-            if isinstance(value, Mapping):
-                refs += [(f"evaluate.{section}.{name}", str(name)) for name in value]
-            elif isinstance(value, list | tuple):
-                refs += [(f"evaluate.{section}[{i}]", str(name)) for i, name in enumerate(value)]
+        refs = [(f"pretrain.datasets.{name}", name) for name in self.pretrain.datasets]
+        refs += [(f"pretrain.loader.{name}", name) for name in self.pretrain.loader]
+        refs += [(f"finetune.{name}", name) for name in self.finetune]
         for profile, per_dataset in self.recipes.items():
-            refs += [(f"recipes.{profile}.{name}", str(name)) for name in per_dataset]
+            refs += [(f"recipes.{profile}.{name}", name) for name in per_dataset]
         return refs
 
     def dataset(self, name: str) -> DatasetConfig:
@@ -153,26 +171,11 @@ class Params:
         return to_dict(self)
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """A safe YAML loader that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
-
-
-def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            line = key_node.start_mark.line + 1
-            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r} (line {line})")
-        seen.add(key)
-    return loader.construct_mapping(node, deep=deep)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping (safe loader, duplicate keys refused).
+    """Read a YAML mapping as DVC does (YAML 1.2, ruamel's safe loader; a key given twice is refused).
+
+    YAML 1.2 matters: ``dvc exp run -S lr=5e-5`` writes ``5e-05``, a float in YAML 1.2 but a string for
+    YAML 1.1 readers (PyYAML).
 
     Raises:
         ConfigError: the file is missing, is not YAML, or does not hold a mapping (key ``""``).
@@ -183,8 +186,13 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError("", f"cannot read the file: {exc.strerror or exc}") from None
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # safe: a SafeLoader subclass
-    except yaml.YAMLError as exc:
+        data = YAML(typ="safe", pure=True).load(text)
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        what = " ".join(str(exc.problem or exc.context or "").split())
+        raise ConfigError("", f"not valid YAML: {where}{what}") from None
+    except YAMLError as exc:
         raise ConfigError("", "not valid YAML: " + " ".join(str(exc).split())) from None
     if data is None:
         data = {}
@@ -227,12 +235,21 @@ def load_params_or_exit(path: str | Path = "params.yaml", *, dataset: str | None
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.params", description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--check", metavar="PARAMS", default="params.yaml", help="the params file to validate"
+        "--check", metavar="PARAMS", nargs="+", default=["params.yaml"], help="params files to validate"
     )
     args = parser.parse_args(argv)
-    load_params_or_exit(args.check)
-    print(f"{args.check}: ok")
-    return 0
+    status = 0
+    for (
+        path
+    ) in args.check:  # one line per file: "<path>: ok" on stdout or "<path>: <key>: <reason>" on stderr
+        try:
+            load_params(path)
+        except ConfigError as exc:
+            print(format_error(path, exc), file=sys.stderr)
+            status = EXIT_BAD_PARAMS
+        else:
+            print(f"{path}: ok")
+    return status
 
 
 if __name__ == "__main__":
