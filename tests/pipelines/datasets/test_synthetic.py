@@ -1,0 +1,345 @@
+"""The synthetic datasets: real formats, determinism, disjoint splits, and classes that need time.
+
+The separability tests are the proof behind DESIGN.md "Synthetic data must need time": within a class pair,
+a single-frame classifier stays at chance at every time index, while a time-difference feature separates the
+pair; the same single-frame classifier does tell colour families apart (it is not blind).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import ffmpeg
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+from pipelines.common import sha256_file
+from pipelines.datasets import get_adapter, kinetics
+from pipelines.datasets import synthetic as syn
+from tubevit.config.data import SyntheticConfig
+
+TINY = SyntheticConfig(train=4, val=2, size=32, seconds=1.0, fps=10.0, seed=3)
+
+
+def probe(path: Path) -> dict:
+    info = ffmpeg.probe(str(path.resolve()), count_frames=None, select_streams="v:0")
+    stream = info["streams"][0]
+    return {
+        "codec": stream["codec_name"],
+        "width": stream["width"],
+        "height": stream["height"],
+        "fps": stream["r_frame_rate"],
+        "frames": int(stream["nb_read_frames"]),
+        "pix_fmt": stream["pix_fmt"],
+    }
+
+
+def decode(path: Path) -> np.ndarray:
+    """(T, H, W, 3) uint8 RGB frames of a video file."""
+    info = ffmpeg.probe(str(path.resolve()), select_streams="v:0")["streams"][0]
+    out, _ = (
+        ffmpeg.input(str(path.resolve()))
+        .output("pipe:", format="rawvideo", pix_fmt="rgb24")
+        .global_args("-loglevel", "error")
+        .run(capture_stdout=True)
+    )
+    return np.frombuffer(out, np.uint8).reshape(-1, info["height"], info["width"], 3)
+
+
+# ------------------------------------------------------------------------------------- features for tests
+def object_mask(frames: np.ndarray) -> np.ndarray:
+    """(T, H, W) bool: pixels far (> 40 levels in some channel) from the clip's background, its median colour.
+
+    The synthetic background is one grey level in [10, 90), objects have a channel >= 178, so the threshold
+    also holds after lossy encoding.
+    """
+    background = np.median(frames.reshape(-1, 3), axis=0)
+    return (np.abs(frames.astype(np.int16) - background).max(-1) > 40).reshape(frames.shape[:3])
+
+
+def circular_shifts(profiles: np.ndarray) -> np.ndarray:
+    """(T, n) profiles -> (T-1,) shifts s in (-n/2, n/2] that best map profile t onto t+1 (circular)."""
+    a, b = np.fft.rfft(profiles[:-1]), np.fft.rfft(profiles[1:])
+    corr = np.fft.irfft(np.conj(a) * b, n=profiles.shape[1])  # corr[s] = sum_i a[i] b[i + s]
+    s = corr.argmax(1)
+    n = profiles.shape[1]
+    return np.where(s > n // 2, s - n, s)
+
+
+def temporal_features(frames: np.ndarray) -> np.ndarray:
+    """Per clip: mean horizontal shift, mean vertical shift, mean area change between consecutive frames."""
+    mask = object_mask(frames).astype(np.float64)
+    cols, rows, area = mask.sum(1), mask.sum(2), mask.sum((1, 2))
+    darea = np.diff(area)
+    darea = np.delete(darea, np.argmax(np.abs(darea)))  # drop the sawtooth's wrap (at most one per second)
+    return np.array([circular_shifts(cols).mean(), circular_shifts(rows).mean(), darea.mean()])
+
+
+def single_frame_features(frame: np.ndarray) -> np.ndarray:
+    """One frame: 8x8x3 average-pooled pixels plus area, mean colour and circular centroid of the object."""
+    H, W, _ = frame.shape
+    pooled = frame.reshape(8, H // 8, 8, W // 8, 3).mean((1, 3)).ravel() / 255
+    mask = object_mask(frame[None])[0]
+    ys, xs = np.nonzero(mask)
+    colour = frame[mask].mean(0) / 255 if mask.any() else np.zeros(3)
+    ang_x, ang_y = 2 * np.pi * xs / W, 2 * np.pi * ys / H
+    centroid = (
+        [np.cos(ang_x).mean(), np.sin(ang_x).mean(), np.cos(ang_y).mean(), np.sin(ang_y).mean()]
+        if mask.any()
+        else [0] * 4
+    )
+    return np.concatenate([pooled, [mask.mean()], colour, centroid])
+
+
+def cv_accuracy(x: np.ndarray, y: np.ndarray) -> float:
+    x = (x - x.mean(0)) / (x.std(0) + 1e-6)
+    model = LogisticRegression(C=1.0, solver="liblinear", max_iter=2000)
+    return float(cross_val_score(model, x, y, cv=StratifiedKFold(5, shuffle=True, random_state=0)).mean())
+
+
+def clips(render, n: int, seed: int) -> list[np.ndarray]:
+    return [render(np.random.default_rng([seed, i])) for i in range(n)]
+
+
+N_PER_CLASS, SIZE, FRAMES, FPS = 150, 32, 10, 10.0
+
+
+def pair_report(a: list[np.ndarray], b: list[np.ndarray]) -> tuple[list[float], float]:
+    """Single-frame CV accuracy at every time index, and the time-difference CV accuracy, for two classes."""
+    y = np.array([0] * len(a) + [1] * len(b))
+    single = []
+    for t in range(FRAMES):
+        x = np.stack([single_frame_features(c[t]) for c in a + b])
+        single.append(cv_accuracy(x, y))
+    temporal = cv_accuracy(np.stack([temporal_features(c) for c in a + b]), y)
+    return single, temporal
+
+
+@pytest.mark.parametrize(("first", "second"), [("left", "right"), ("grow", "shrink")])
+def test_kinetics_pairs_need_time(first: str, second: str, capsys):
+    def render(motion):
+        return lambda rng: syn.kinetics_clip(rng, "red", motion, SIZE, FRAMES, FPS)
+
+    a, b = clips(render(first), N_PER_CLASS, 1), clips(render(second), N_PER_CLASS, 2)
+    single, temporal = pair_report(a, b)
+    with capsys.disabled():
+        print(
+            f"\nkinetics {first}/{second}: single-frame acc per t {np.round(single, 3).tolist()}, temporal {temporal:.3f}"
+        )
+    assert max(abs(s - 0.5) for s in single) < 0.1, single  # chance at every time index, the first included
+    assert temporal > 0.97
+    # the single-frame classifier is not blind: it separates colour families at once
+    other = clips(lambda rng: syn.kinetics_clip(rng, "green", first, SIZE, FRAMES, FPS), N_PER_CLASS, 3)
+    x = np.stack([single_frame_features(c[0]) for c in a + other])
+    assert cv_accuracy(x, np.array([0] * N_PER_CLASS + [1] * N_PER_CLASS)) > 0.97
+
+
+def test_kinetics_motions_share_single_frame_statistics():
+    """At every time index, object area and position have the same distribution in all four motions.
+
+    Two-sample z-tests of the means of area, cos/sin of the circular column and row centroids, per time
+    index: |z| stays below 4.5 for all 10 x 5 x 3 comparisons (a 4.5 sigma miss has probability ~1e-5).
+    """
+
+    def stats(cs: list[np.ndarray]) -> np.ndarray:
+        masks = np.stack([object_mask(c) for c in cs]).astype(np.float64)  # (N, T, H, W)
+        angle = 2 * np.pi * np.arange(SIZE) / SIZE
+        cols, rows = masks.sum(2), masks.sum(3)  # (N, T, W), (N, T, H)
+        total = masks.sum((2, 3)) + 1e-9
+        return np.stack(
+            [
+                masks.mean((2, 3)),
+                (cols * np.cos(angle)).sum(-1) / total,
+                (cols * np.sin(angle)).sum(-1) / total,
+                (rows * np.cos(angle)).sum(-1) / total,
+                (rows * np.sin(angle)).sum(-1) / total,
+            ]
+        )  # (5, N, T)
+
+    n = 300
+    by_motion = {
+        m: stats(clips(lambda rng, m=m: syn.kinetics_clip(rng, "blue", m, SIZE, FRAMES, FPS), n, 10 + k))
+        for k, m in enumerate(syn.KINETICS_MOTIONS)
+    }
+    ref = by_motion["left"]
+    for motion in syn.KINETICS_MOTIONS[1:]:
+        got = by_motion[motion]
+        z = (got.mean(1) - ref.mean(1)) / np.sqrt((got.var(1) + ref.var(1)) / n + 1e-12)  # (5, T)
+        assert np.abs(z).max() < 4.5, (motion, np.round(z, 2))
+
+
+def test_ssv2_reversed_class_is_exact_time_reversal_and_needs_time(capsys):
+    for k in range(5):
+        forward = syn.ssv2_clip(np.random.default_rng(7), 2 * k, SIZE, FRAMES, FPS)
+        backward = syn.ssv2_clip(np.random.default_rng(7), 2 * k + 1, SIZE, FRAMES, FPS)
+        np.testing.assert_array_equal(backward, forward[::-1])
+        assert not np.array_equal(forward, backward)
+    # translation pair (left / right) and orbit pair: single frames at chance, time separates
+    for label in (0, 8):
+        a = clips(lambda rng, lab=label: syn.ssv2_clip(rng, lab, SIZE, FRAMES, FPS), N_PER_CLASS, 20 + label)
+        b = clips(
+            lambda rng, lab=label: syn.ssv2_clip(rng, lab + 1, SIZE, FRAMES, FPS), N_PER_CLASS, 40 + label
+        )
+        y = np.array([0] * N_PER_CLASS + [1] * N_PER_CLASS)
+        single = [
+            cv_accuracy(np.stack([single_frame_features(c[t]) for c in a + b]), y) for t in (0, FRAMES - 1)
+        ]
+        with capsys.disabled():
+            print(
+                f"\nssv2 classes {label}/{label + 1}: single-frame acc at first/last frame {np.round(single, 3).tolist()}"
+            )
+        assert max(abs(s - 0.5) for s in single) < 0.1, single
+    # left (0) vs up (2): different pairs, yet single frames alike; the temporal feature separates them
+    a = clips(lambda rng: syn.ssv2_clip(rng, 0, SIZE, FRAMES, FPS), N_PER_CLASS, 60)
+    b = clips(lambda rng: syn.ssv2_clip(rng, 2, SIZE, FRAMES, FPS), N_PER_CLASS, 61)
+    single, temporal = pair_report(a, b)
+    with capsys.disabled():
+        print(
+            f"ssv2 left vs up: single-frame max |acc-0.5| {max(abs(s - 0.5) for s in single):.3f}, temporal {temporal:.3f}"
+        )
+    assert max(abs(s - 0.5) for s in single) < 0.1
+    assert temporal > 0.97
+
+
+# ------------------------------------------------------------------------------------ files on disk
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic")
+    for fmt in ("kinetics", "charades", "ssv2", "imagenet"):
+        syn.generate(fmt, root / fmt, TINY, workers=2)
+    return root
+
+
+def test_kinetics_like_files_and_csv(generated: Path):
+    root = generated / "kinetics"
+    header = (root / "annotations" / "validate.csv").read_text().splitlines()[0]
+    assert header == "label,youtube_id,time_start,time_end,split"
+    assert (root / "annotations" / "validate.csv").read_text().splitlines()[1].endswith(",validate")
+    train, val = kinetics.read_items(root, "train"), kinetics.read_items(root, "val")
+    assert (len(train), len(val)) == (TINY.train, TINY.val)
+    assert not {i.id for i in train} & {i.id for i in val}
+    for items in (train, val):  # the id quirk is always present
+        assert items[0].extra["youtube_id"][0] == "-" and items[1].extra["youtube_id"][0] == "_"
+    assert len(kinetics.class_names(root)) <= 12
+    for item in train + val:
+        assert item.extra == {"youtube_id": item.extra["youtube_id"], "trimmed_name": False, "found": True}
+        assert (
+            item.source
+            == f"{'train' if item.split == 'train' else 'validate'}/{item.extra['youtube_id']}.mp4"
+        )
+        info = probe(root / item.source)
+        assert info == {
+            "codec": "h264",
+            "width": 32,
+            "height": 32,
+            "fps": "10/1",
+            "frames": 20,
+            "pix_fmt": "yuv420p",
+        }
+        assert (
+            item.start in (0.0, 1.0) and item.end == item.start + TINY.seconds
+        )  # window inside the 2 s file
+
+
+def test_kinetics_like_motion_matches_label_after_encoding(generated: Path):
+    root = generated / "kinetics"
+    names = kinetics.class_names(root)
+    for item in kinetics.read_items(root, "train"):
+        dx, _, darea = temporal_features(decode(root / item.source))
+        name = names[item.label]
+        colour = name.split()[0]
+        frame = decode(root / item.source)[0]
+        mask = object_mask(frame[None])[0]
+        rgb = frame[mask].mean(0)
+        assert int(np.argmax(rgb)) == list(syn.COLOURS).index(colour), (name, rgb)
+        if name.endswith("left"):
+            assert dx < -0.5
+        elif name.endswith("right"):
+            assert dx > 0.5
+        elif name.endswith("growing"):
+            assert darea > 0
+        else:
+            assert darea < 0
+
+
+def test_charades_like(generated: Path):
+    root = generated / "charades"
+    adapter = get_adapter("charades")
+    assert len(adapter.class_names(root)) == 12
+    train, val = adapter.read_items(root, "train"), adapter.read_items(root, "val")
+    assert (len(train), len(val)) == (TINY.train, TINY.val)
+    assert not {i.id for i in train} & {i.id for i in val}
+    for item in train + val:
+        assert 1 <= len(item.actions) <= 3 and item.labels == tuple(sorted({a[0] for a in item.actions}))
+        assert all(0 <= s < e <= TINY.seconds for _, s, e in item.actions)
+        info = probe(root / item.source)
+        assert (info["codec"], info["frames"], info["fps"]) == ("h264", 10, "10/1")
+        # each action's object is visible only inside its window
+        mask = object_mask(decode(root / item.source))
+        visible = mask.any((1, 2))
+        times = np.arange(len(visible)) / TINY.fps
+        inside = np.zeros_like(visible)
+        for _, s, e in item.actions:
+            inside |= (times >= s) & (times < e)
+        assert np.array_equal(visible, inside), (item.id, item.actions)
+
+
+def test_ssv2_like(generated: Path):
+    root = generated / "ssv2"
+    adapter = get_adapter("ssv2")
+    labels = json.loads((root / "labels.json").read_text())
+    assert len(labels) == 10 and all("[" not in k for k in labels)
+    train = adapter.read_items(root, "train")
+    val = adapter.read_items(root, "val")
+    assert not {i.id for i in train} & {i.id for i in val}
+    for item in train + val:
+        assert "[something]" in item.extra["template"]
+        assert item.extra["text"] == item.extra["template"].replace(
+            "[something]", item.extra["placeholders"][0]
+        )
+        info = probe(root / item.source)
+        assert (info["codec"], info["frames"], info["width"]) == ("vp9", 10, 32)
+
+
+def test_imagenet_like(generated: Path):
+    from PIL import Image
+
+    root = generated / "imagenet"
+    adapter = get_adapter("imagenet")
+    assert adapter.class_names(root) == [f"n{90000000 + k}" for k in range(6)]
+    items = adapter.read_items(root, "train") + adapter.read_items(root, "val")
+    assert len(items) == TINY.train + TINY.val
+    for item in items:
+        with Image.open(root / item.source) as im:
+            assert (im.format, im.size, im.mode) == ("JPEG", (32, 32), "RGB")
+        words = adapter.synset_words(root)[item.extra["synset"]]
+        colour = words.split()[0]
+        image = np.asarray(Image.open(root / item.source))
+        mask = object_mask(image[None])[0]
+        assert int(np.argmax(image[mask].mean(0))) == list(syn.COLOURS).index(colour)
+
+
+def test_generation_is_deterministic_and_seeded(generated: Path, tmp_path: Path):
+    for fmt in ("kinetics", "ssv2"):
+        files = syn.generate(fmt, tmp_path / fmt, TINY, workers=1)
+        assert files == sorted(
+            p.relative_to(generated / fmt).as_posix() for p in (generated / fmt).rglob("*") if p.is_file()
+        )
+        for rel in files:
+            assert sha256_file(tmp_path / fmt / rel) == sha256_file(generated / fmt / rel), rel
+    other = syn.generate("imagenet", tmp_path / "other", dataclasses.replace(TINY, seed=4))
+    changed = [rel for rel in other if rel.endswith(".JPEG") and (generated / "imagenet" / rel).exists()]
+    assert any(
+        sha256_file(tmp_path / "other" / r) != sha256_file(generated / "imagenet" / r) for r in changed
+    )
+
+
+def test_generate_rejects_bad_arguments(tmp_path: Path):
+    with pytest.raises(ValueError, match="unknown synthetic format 'kinetics700'"):
+        syn.generate("kinetics700", tmp_path, TINY)
+    with pytest.raises(ValueError, match=r"synthetic.size: video frames need an even side"):
+        syn.generate("kinetics", tmp_path, dataclasses.replace(TINY, size=33))
