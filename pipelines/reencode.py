@@ -314,16 +314,35 @@ def _reuse(final: Path, sidecar: Path, params: dict[str, Any]) -> dict[str, Any]
     return record
 
 
-def _ffmpeg_reason(stderr: bytes) -> str:
-    lines = [ln.strip() for ln in stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
-    errors = [
-        ln for ln in lines if not ln.startswith(("frame=", "video:", "[libx264", "Stream", "Input", "  "))
-    ]
-    return " | ".join((errors or lines)[-3:])[:500]
+_POINTER = re.compile(r" @ 0x[0-9a-fA-F]+")
+_ERROR_WORDS = (
+    "error",
+    "invalid",
+    "partial file",
+    "failed",
+    "not found",
+    "cannot",
+    "could not",
+    "no such",
+    "corrupt",
+)
 
 
-def _run_ffmpeg(spec, timeout: float) -> bytes:
-    """Run an ffmpeg-python spec; returns stderr. Raises ItemFailure on a non-zero exit or a timeout."""
+def _clean_stderr(stderr: bytes, src: Path, tmp: Path) -> list[str]:
+    """ffmpeg's stderr lines without run-specific text (pointers, the temporary's uuid, absolute paths)."""
+    text = stderr.decode("utf-8", "replace").replace(str(tmp), "<output>").replace(str(src), "<source>")
+    return [_POINTER.sub("", ln.strip()) for ln in text.splitlines() if ln.strip()]
+
+
+def _ffmpeg_reason(lines: list[str]) -> str:
+    """The error lines of ffmpeg's log (deduplicated, last 3), or its last lines when none looks like one."""
+    errors = [ln for ln in lines if any(w in ln.lower() for w in _ERROR_WORDS)]
+    unique = list(dict.fromkeys(errors or lines[-3:]))
+    return " | ".join(unique[-3:])[:500]
+
+
+def _run_ffmpeg(spec, src: Path, tmp: Path, timeout: float) -> list[str]:
+    """Run an ffmpeg-python spec; returns its cleaned stderr lines. Raises ItemFailure on failure or timeout."""
     proc = ffmpeg.run_async(spec, pipe_stdout=True, pipe_stderr=True)
     try:
         _, err = proc.communicate(timeout=timeout)
@@ -335,12 +354,13 @@ def _run_ffmpeg(spec, timeout: float) -> bytes:
         proc.kill()
         proc.communicate()
         raise
+    lines = _clean_stderr(err, src, tmp)
     if proc.returncode:
-        reason = f"ffmpeg failed (exit {proc.returncode}): {_ffmpeg_reason(err)}"
-        if b"partial file" in err:  # the demuxer hit the end of the data before the end of the index
+        reason = f"ffmpeg failed (exit {proc.returncode}): {_ffmpeg_reason(lines)}"
+        if any("partial file" in ln for ln in lines):  # the data ends before the index says it does
             raise ItemFailure("truncated", f"truncated source (partial file); {reason}")
         raise ItemFailure("encode", reason)
-    return err
+    return lines
 
 
 def _encode_video(item: Item, src: Path, final: Path, cfg: DatasetConfig, rcfg: ReencodeConfig) -> dict:
@@ -372,7 +392,7 @@ def _encode_video(item: Item, src: Path, final: Path, cfg: DatasetConfig, rcfg: 
         spec = encode_spec(
             src, tmp, fps=cfg.fps, scale=scale, preset=rcfg.preset, crf=rcfg.crf, start=start, length=length
         )
-        stderr = _run_ffmpeg(spec, timeout=120.0 + 10.0 * expected)
+        stderr = _run_ffmpeg(spec, src, tmp, timeout=120.0 + 10.0 * expected)
         out = _verify_output(item, tmp, cfg, window, info, expected, stderr)
         os.replace(tmp, final)
     finally:
@@ -408,7 +428,7 @@ def _verify_output(
     window: list[float] | None,
     src: VideoInfo,
     expected: float,
-    stderr: bytes,
+    stderr: list[str],
 ) -> VideoInfo:
     """ffprobe the encoded file: h264 yuv420p, the fps, frames > 0, no rotation, short side N, not cut short."""
     try:
@@ -438,7 +458,7 @@ def _verify_output(
     # than it declares; ffmpeg still exits 0. Tolerance: 10% or 0.5 s, whichever is larger.
     got = out.frames / cfg.fps
     if got < expected - max(0.5, 0.1 * expected):
-        detail = _ffmpeg_reason(stderr)
+        detail = " | ".join(dict.fromkeys(ln for ln in stderr if any(w in ln.lower() for w in _ERROR_WORDS)))
         raise ItemFailure(
             "truncated",
             f"truncated or corrupt source: decoded {got:.2f} s of the {expected:.2f} s it declares"

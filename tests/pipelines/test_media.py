@@ -1,0 +1,82 @@
+"""pipelines.media: ffprobe results of good files, and the reason for each kind of bad file."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pipelines.media import ProbeError, parse_rate, probe_video
+
+
+def ffmpeg(*args: str) -> None:
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", *args], check=True)
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("media")
+    src = "testsrc=size=64x48:rate=30:duration=2"
+    x264 = ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-threads", "1"]
+    ffmpeg("-f", "lavfi", "-i", src, *x264, str(d / "good.mp4"))
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x48:rate=12:duration=2", "-c:v", "libvpx-vp9", "-pix_fmt", "yuv420p",
+           "-deadline", "realtime", "-cpu-used", "8", "-fflags", "+bitexact", str(d / "good.webm"))  # fmt: skip
+    ffmpeg("-i", str(d / "good.mp4"), "-c", "copy", "-metadata:s:v:0", "rotate=90", str(d / "rotated.mp4"))
+    ffmpeg("-f", "lavfi", "-i", "sine=duration=1", "-c:a", "aac", str(d / "audio.mp4"))
+    (d / "zero.mp4").write_bytes(b"")
+    (d / "text.mp4").write_text("this is not a video\n")
+    data = (d / "good.mp4").read_bytes()  # moov at the end (no +faststart): cutting it loses the index
+    (d / "cut.mp4").write_bytes(data[: len(data) // 2])
+    (d / "-dash.mp4").write_bytes(data)
+    return d
+
+
+def test_probe_h264_mp4(media):
+    info = probe_video(media / "good.mp4")
+    assert (info.codec, info.width, info.height, info.pix_fmt) == ("h264", 64, 48, "yuv420p")
+    assert info.fps == 30.0 and info.frames == 60 and info.duration == pytest.approx(2.0)
+    assert info.rotation == 0 and not info.frames_counted
+    assert info.path == str((media / "good.mp4").absolute())
+
+
+def test_probe_webm_counts_packets_when_the_container_has_no_frame_count(media):
+    info = probe_video(media / "good.webm")
+    assert (info.codec, info.fps, info.frames) == ("vp9", 12.0, 24)
+    assert info.frames_counted
+    assert info.duration == pytest.approx(2.0)
+
+
+def test_probe_rotation_swaps_the_display_size(media):
+    info = probe_video(media / "rotated.mp4")
+    assert info.rotation in (90, 270)
+    assert (info.width, info.height) == (64, 48)
+    assert (info.display_width, info.display_height) == (48, 64)
+
+
+def test_probe_a_name_starting_with_dash(media, monkeypatch):
+    monkeypatch.chdir(media)  # a relative "-dash.mp4" would be read by ffprobe as an option
+    assert probe_video(Path("-dash.mp4")).frames == 60
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("missing.mp4", "missing file"),
+        ("zero.mp4", "zero-byte file"),
+        ("text.mp4", "not a media file (starts with b'this is not '"),
+        ("cut.mp4", "truncated or incomplete mp4 (moov atom not found)"),
+        ("audio.mp4", "no video stream (only audio streams)"),
+    ],
+)
+def test_probe_refuses_bad_files_naming_file_and_reason(media, name, reason):
+    with pytest.raises(ProbeError) as exc:
+        probe_video(media / name)
+    assert exc.value.reason.startswith(reason)
+    assert str(exc.value).startswith(str((media / name).absolute()) + ": ")
+
+
+def test_parse_rate():
+    assert parse_rate("30000/1001") == pytest.approx(29.97002997)
+    assert parse_rate("25") == 25.0
+    assert parse_rate("0/0") == 0.0 and parse_rate("") == 0.0 and parse_rate(None) == 0.0
