@@ -1,0 +1,261 @@
+"""Profiles: recipes.paper equals supplement Table 1 value by value; every profile switches, validates and
+builds (model, optimiser, schedule, loaders) on the meta device."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipelines.params import ConfigError, load_params
+from pipelines.profile import apply_profile, split_batch
+from tubevit.config.model import build_model
+from tubevit.data.shards import train_loader
+from tubevit.train.optim import build_optimizer, build_schedule
+
+ROOT = Path(__file__).resolve().parents[2]
+PARAMS = ROOT / "params.yaml"
+
+# Supplement Table 1 (../shared/paper/tubevit-supplement.md), written out here by hand. K400/K600/K700
+# share a column ("kinetics"). "-" in the table is 0 here. Size 224 and 4x3 views: main paper (Table 7f).
+TABLE1_COMMON = {
+    "optimizer": "adam",
+    "schedule": "cosine",  # cosine decay + linear warmup
+    "warmup_steps": 10_000,
+    "steps": 300_000,
+    "randaugment_ops": 2,
+    "randaugment_magnitude": 10,
+    "size": 224,
+    "temporal_views": 4,
+    "spatial_views": 3,
+}
+TABLE1 = {
+    "kinetics": {
+        "batch_size": 256,
+        "mixup": 0.0,
+        "dropout": 0.0,
+        "label_smoothing": 0.0,
+        "frames": 64,
+        "fps": 15,
+    },
+    "charades": {
+        "batch_size": 64,
+        "mixup": 0.0,
+        "dropout": 0.2,
+        "label_smoothing": 0.1,
+        "frames": 128,
+        "fps": 6,
+    },
+    "ssv2": {
+        "batch_size": 256,
+        "mixup": 0.3,
+        "dropout": 0.3,
+        "label_smoothing": 0.3,
+        "frames": 32,
+        "fps": 24,
+    },
+}
+TABLE1_LR = {  # base learning rate: "5e-5 (L,H 1e-5)", 1e-3, 2e-5
+    "kinetics": {"base": 5e-5, "large": 1e-5, "huge": 1e-5},
+    "charades": {"base": 1e-3, "large": 1e-3, "huge": 1e-3},
+    "ssv2": {"base": 2e-5, "large": 2e-5, "huge": 2e-5},
+}
+TABLE1_WD = {"base": 1e-3, "large": 1e-5, "huge": 1e-5}  # "0.001 (B) 1e-5 (L,H)", every dataset
+VARIANTS = ("base", "large", "huge")
+NUM_CLASSES = {"kinetics": 600, "imagenet": 1000, "charades": 157, "ssv2": 174}  # the real datasets
+
+
+@pytest.fixture(scope="module")
+def params():
+    return load_params(PARAMS)
+
+
+@pytest.mark.parametrize("dataset", list(TABLE1))
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_paper_recipes_equal_table1(params, dataset, variant):
+    recipe = params.recipes["paper"][dataset][variant]
+    expected = {**TABLE1_COMMON, **TABLE1[dataset]}
+    expected["lr"] = TABLE1_LR[dataset][variant]
+    expected["weight_decay"] = TABLE1_WD[variant]
+    for key, value in expected.items():
+        assert getattr(recipe, key) == value, f"recipes.paper.{dataset}.{variant}.{key}"
+    assert recipe.wd_mode == "adamw"  # decoupled weight decay (DESIGN.md "Training")
+    assert recipe.tubes == ("charades_interpolated" if dataset == "charades" else "paper")
+    assert set(params.recipes["paper"]) == set(TABLE1)
+    assert set(params.recipes["paper"][dataset]) == set(VARIANTS)
+
+
+def test_split_batch():
+    assert split_batch(256, 1) == (32, 8)
+    assert split_batch(256, 8) == (32, 1)
+    assert split_batch(64, 1) == (32, 2)
+    assert split_batch(256, 4, micro_batch=4) == (4, 16)
+    assert split_batch(32, 1) == (32, 1)
+    with pytest.raises(ConfigError, match="global batch 256 is not divisible by nproc=3"):
+        split_batch(256, 3)
+    with pytest.raises(ConfigError, match="not divisible by 48"):
+        split_batch(256, 1, micro_batch=48)
+
+
+def _copy_params(tmp_path: Path) -> Path:
+    path = tmp_path / "params.yaml"
+    shutil.copyfile(PARAMS, path)
+    return path
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_paper_profile_sets_the_active_sections(tmp_path, params, variant):
+    path = _copy_params(tmp_path)
+    changes = apply_profile(path, "paper", variant, nproc=2, micro_batch=4)
+    assert changes, "the embedded default differs from the paper"
+    p = load_params(path)
+    k, c, s = (params.recipes["paper"][ds][variant] for ds in ("kinetics", "charades", "ssv2"))
+
+    assert (p.model.variant, p.model.tubes, p.model.head_dropout) == (variant, "paper", 0.0)
+    pre = p.pretrain
+    assert (pre.optim.lr, pre.optim.weight_decay, pre.optim.wd_mode) == (k.lr, k.weight_decay, "adamw")
+    assert (pre.optim.warmup_steps, pre.steps, pre.optim.schedule) == (10_000, 300_000, "cosine")
+    assert (pre.nproc, pre.accum_steps) == (2, 32)
+    for name, lcfg in pre.loader.items():
+        assert lcfg.batch_size * pre.accum_steps * pre.nproc == 256  # the global batch of Table 1
+        assert lcfg.frames == (1 if name == "imagenet" else 64)
+        assert (lcfg.size, lcfg.randaugment, lcfg.randaugment_ops, lcfg.randaugment_magnitude) == (
+            224,
+            True,
+            2,
+            10,
+        )
+    assert (p.evaluate.temporal_views, p.evaluate.spatial_views) == (4, 3)
+
+    ch = p.finetune["charades"]
+    assert (ch.optim.lr, ch.optim.weight_decay, ch.steps) == (1e-3, TABLE1_WD[variant], 300_000)
+    assert ch.loader.batch_size * ch.accum_steps * ch.nproc == 64
+    assert (ch.loader.frames, ch.loader.size, ch.label_smoothing, ch.dropout, ch.mixup) == (
+        128,
+        224,
+        0.1,
+        0.2,
+        0.0,
+    )
+    assert ch.tubes == "charades_interpolated" and ch.multilabel
+    ss = p.finetune["ssv2"]
+    assert (ss.optim.lr, ss.optim.weight_decay) == (2e-5, TABLE1_WD[variant])
+    assert ss.loader.batch_size * ss.accum_steps * ss.nproc == 256
+    assert (ss.loader.frames, ss.label_smoothing, ss.dropout, ss.mixup) == (32, 0.3, 0.3, 0.3)
+    assert ss.tubes is None  # keeps the pretrained (paper) tubes
+
+    fps = {name: cfg.fps for name, cfg in p.datasets.items() if not cfg.is_image}
+    assert (
+        fps
+        == {"kinetics": k.fps, "charades": c.fps, "ssv2": s.fps}
+        == {"kinetics": 15, "charades": 6, "ssv2": 24}
+    )
+    assert {cfg.short_side for cfg in p.datasets.values()} == {256}
+    # data sources are left alone; recipes and unrelated sections are unchanged
+    assert p.datasets == {
+        n: d.__class__(**{**d.__dict__, "fps": p.datasets[n].fps, "short_side": 256})
+        for n, d in params.datasets.items()
+    }
+    assert (p.recipes, p.reencode, p.shard, p.deploy) == (
+        params.recipes,
+        params.reencode,
+        params.shard,
+        params.deploy,
+    )
+    # comments and layout are kept
+    text = path.read_text()
+    assert text.startswith(PARAMS.read_text().split("\n", 1)[0])
+    assert "# Supplement Table 1" in text and "dask_address: null" in text
+
+
+def test_embedded_profile_is_the_default_and_switches_back(tmp_path, params):
+    path = _copy_params(tmp_path)
+    assert apply_profile(path, "embedded", "nano") == []  # the active sections ARE the embedded recipe
+    assert path.read_bytes() == PARAMS.read_bytes()
+    apply_profile(path, "paper", "huge")
+    assert load_params(path) != params
+    changed = apply_profile(path, "embedded", "nano")
+    assert len(changed) > 20
+    assert load_params(path) == params
+
+
+def test_profile_errors_leave_the_file_unchanged(tmp_path):
+    path = _copy_params(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        apply_profile(path, "paper", "tiny")
+    assert info.value.key == "recipes.paper.kinetics.tiny"
+    with pytest.raises(ConfigError, match="no such profile"):
+        apply_profile(path, "papr", "base")
+    with pytest.raises(ConfigError, match="not divisible by nproc=3"):
+        apply_profile(path, "paper", "base", nproc=3)
+    assert path.read_bytes() == PARAMS.read_bytes()
+
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.profile", "paper", "--variant", "bse", "--params", str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"{path}: recipes.paper.kinetics.bse: no such variant (defined: base, large, huge)"
+    ]
+
+
+# (profile, variant): every recipe set in params.yaml
+PROFILES = [("paper", v) for v in VARIANTS] + [("embedded", "nano")]
+PAPER_PARAMS_M = {"base": 91.3, "large": 311.7, "huge": 642.7}  # DESIGN.md, IN1k + K600 heads, no head MLP
+
+
+@pytest.mark.parametrize(("profile", "variant"), PROFILES, ids=[f"{p}-{v}" for p, v in PROFILES])
+def test_every_profile_validates_and_builds_on_meta(tmp_path, profile, variant):
+    path = _copy_params(tmp_path)
+    apply_profile(path, profile, variant)
+    p = load_params(path)
+
+    def check_training(model, optim_cfg, steps):
+        optimizer = build_optimizer(model, optim_cfg)
+        schedule = build_schedule(optimizer, optim_cfg, steps)
+        assert [g["weight_decay"] for g in optimizer.param_groups] == [optim_cfg.weight_decay, 0.0]
+        assert all(param.device.type == "meta" for g in optimizer.param_groups for param in g["params"])
+        warmup = optim_cfg.warmup_steps
+        assert schedule.get_last_lr()[0] == pytest.approx(optim_cfg.lr / warmup)  # step 0 of the warmup
+        assert schedule.lr_lambdas[0](warmup) == pytest.approx(1.0)  # peak at the end of warmup
+        assert schedule.lr_lambdas[0](steps) == pytest.approx(0.0, abs=1e-12)  # cosine to 0
+
+    def check_loader(name, lcfg):
+        loader = train_loader(
+            [f"shards/{name}/train/{name}-train-000000.tar"],
+            lcfg,
+            dataset=name,
+            num_classes=NUM_CLASSES[name],
+            multilabel=p.datasets[name].multilabel,
+            seed=p.pretrain.seed,
+            epoch_batches=10,
+        )
+        assert loader.pipeline(0) is not None  # the WebDataset pipeline builds without reading
+
+    heads = {name: NUM_CLASSES[name] for name in p.pretrain.datasets}
+    with torch.device("meta"):
+        model = build_model(p.model, heads)
+    n_params = sum(t.numel() for t in model.parameters())
+    if profile == "paper":
+        assert n_params / 1e6 == pytest.approx(PAPER_PARAMS_M[variant], abs=0.05)
+    check_training(model, p.pretrain.optim, p.pretrain.steps)
+    for name, lcfg in p.pretrain.loader.items():
+        check_loader(name, lcfg)
+
+    for name, ft in p.finetune.items():
+        overrides = {"head_dropout": ft.dropout} | ({"tubes": ft.tubes} if ft.tubes else {})
+        with torch.device("meta"):
+            ft_model = build_model(p.model, {name: NUM_CLASSES[name]}, **overrides)
+        # interpolated kernels keep the learned weights' shapes: the same tube parameters
+        ft_tubes = sum(t.numel() for t in ft_model.tokenizer.parameters())
+        assert ft_tubes == sum(t.numel() for t in model.tokenizer.parameters())
+        check_training(ft_model, ft.optim, ft.steps)
+        check_loader(name, ft.loader)
