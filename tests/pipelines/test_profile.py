@@ -3,6 +3,7 @@ builds (model, optimiser, schedule, loaders) on the meta device."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import subprocess
 import sys
@@ -156,10 +157,10 @@ def test_paper_profile_sets_the_active_sections(tmp_path, params, variant):
     )
     assert {cfg.short_side for cfg in p.datasets.values()} == {256}
     # data sources are left alone; recipes and unrelated sections are unchanged
-    assert p.datasets == {
-        n: d.__class__(**{**d.__dict__, "fps": p.datasets[n].fps, "short_side": 256})
-        for n, d in params.datasets.items()
+    same = {
+        n: dataclasses.replace(d, fps=p.datasets[n].fps, short_side=256) for n, d in params.datasets.items()
     }
+    assert p.datasets == same
     assert (p.recipes, p.reencode, p.shard, p.deploy) == (
         params.recipes,
         params.reencode,
