@@ -1,0 +1,287 @@
+"""Multi-view evaluation: predictions gathered by clip key, view aggregation, and metrics as plain data.
+
+Aggregation over the V views of a clip (temporal x spatial):
+  - single-label: the mean over views of the softmax (:func:`softmax_mean`);
+  - multi-label (Charades): the max (default, ``evaluate.charades_aggregate: max``) or the mean over views
+    of the sigmoid (:func:`sigmoid_max`, :func:`sigmoid_mean`). Max scores an action that is visible in
+    only one temporal view as present, which suits Charades' long videos with short actions; mean is the
+    smoother alternative. Both are monotone per class, so they change the ranking mAP sees only across
+    videos.
+
+Metrics:
+  - top-1 / top-5 accuracy (:func:`topk_accuracy`), per-class accuracy and the confusion matrix (rows: true
+    class, columns: predicted) as lists, ready for JSON and ``dvc plots``;
+  - Charades mAP (:func:`charades_map`), the official protocol: a class's AP is the mean of the precision
+    at the rank of each of its positives; the mean is over the classes with at least one positive; videos
+    with no label get score -inf for every class (the Charades reference script's fix).
+
+Controls for temporal modelling: :func:`shuffle_frames` (frames permuted inside each clip) and
+:func:`static_frames` (one random frame repeated), passed as ``transform`` to :func:`predict`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from tubevit.train import distributed
+
+__all__ = [
+    "AGGREGATES",
+    "Predictions",
+    "aggregate",
+    "charades_map",
+    "confusion_matrix",
+    "gather_views",
+    "multilabel_metrics",
+    "per_class_accuracy",
+    "predict",
+    "shuffle_frames",
+    "sigmoid_max",
+    "sigmoid_mean",
+    "single_label_metrics",
+    "softmax_mean",
+    "static_frames",
+    "topk_accuracy",
+]
+
+log = logging.getLogger(__name__)
+
+
+# ---- view aggregation: (N, V, K) logits -> (N, K) scores ---------------------------------------------------
+
+
+def softmax_mean(logits: torch.Tensor) -> torch.Tensor:
+    """``(N, V, K)`` logits -> ``(N, K)``: the mean over the V views of the softmax over K classes."""
+    return logits.float().softmax(dim=-1).mean(dim=1)
+
+
+def sigmoid_max(logits: torch.Tensor) -> torch.Tensor:
+    """``(N, V, K)`` logits -> ``(N, K)``: the max over the V views of the per-class sigmoid."""
+    return logits.float().sigmoid().amax(dim=1)
+
+
+def sigmoid_mean(logits: torch.Tensor) -> torch.Tensor:
+    """``(N, V, K)`` logits -> ``(N, K)``: the mean over the V views of the per-class sigmoid."""
+    return logits.float().sigmoid().mean(dim=1)
+
+
+AGGREGATES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "softmax_mean": softmax_mean,
+    "max": sigmoid_max,
+    "mean": sigmoid_mean,
+}
+
+
+def aggregate(
+    logits: torch.Tensor, multilabel: bool, charades_aggregate: Literal["max", "mean"] = "max"
+) -> torch.Tensor:
+    """``(N, V, K)`` logits -> ``(N, K)`` scores: :func:`softmax_mean` for single-label data, else the
+    sigmoid ``max`` or ``mean`` named by ``charades_aggregate``."""
+    return AGGREGATES[charades_aggregate if multilabel else "softmax_mean"](logits)
+
+
+# ---- collecting predictions ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Predictions:
+    """Per-clip outputs, clips sorted by key.
+
+    ``keys``: N clip keys; ``logits``: float32 ``(N, V, K)`` (views in ``view`` order); ``labels``: int64
+    ``(N,)`` or float32 multi-hot ``(N, K)`` (video-level).
+    """
+
+    keys: list[str]
+    logits: torch.Tensor
+    labels: torch.Tensor
+
+
+def gather_views(
+    keys: Sequence[str], views: Sequence[int], logits: torch.Tensor, labels: torch.Tensor
+) -> Predictions:
+    """Group rows by clip key into ``(N, V, K)``.
+
+    Args:
+        keys, views: per row, the clip key and its view index (``v * S + s``).
+        logits: ``(M, K)``, one row per (clip, view).
+        labels: ``(M,)`` or ``(M, K)``, the clip's label repeated on each of its rows.
+
+    Raises:
+        ValueError: clips have different numbers of views, or a (key, view) pair repeats; the message
+            names the key.
+    """
+    rows: dict[str, dict[int, int]] = {}
+    for i, (key, view) in enumerate(zip(keys, views, strict=True)):
+        seen = rows.setdefault(key, {})
+        if view in seen:
+            raise ValueError(f"clip {key!r}: view {view} appears twice")
+        seen[view] = i
+    counts = {len(v) for v in rows.values()}
+    if len(counts) > 1:
+        fewest = min(rows, key=lambda k: len(rows[k]))
+        raise ValueError(
+            f"clip {fewest!r} has {len(rows[fewest])} views, others up to {max(counts)}: incomplete predictions"
+        )
+    ordered = sorted(rows)
+    index = torch.tensor([[rows[k][v] for v in sorted(rows[k])] for k in ordered], dtype=torch.long)
+    index = index.reshape(len(ordered), -1)  # (N, V)
+    return Predictions(keys=ordered, logits=logits[index], labels=labels[index[:, 0]])
+
+
+def shuffle_frames(video: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Control: permute the T frames of each clip independently. ``(B, C, T, H, W)`` -> same shape."""
+    B, _C, T = video.shape[:3]
+    order = torch.stack([torch.randperm(T, generator=generator) for _ in range(B)])  # (B, T)
+    index = order.view(B, 1, T, 1, 1).expand(-1, video.shape[1], -1, *video.shape[3:])
+    return video.gather(2, index.to(video.device))
+
+
+def static_frames(video: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Control: one random frame of each clip repeated T times. ``(B, C, T, H, W)`` -> same shape."""
+    B, _C, T = video.shape[:3]
+    pick = torch.randint(0, T, (B,), generator=generator)  # (B,)
+    frames = video[torch.arange(B), :, pick.to(video.device)]  # (B, C, H, W)
+    return frames.unsqueeze(2).expand(-1, -1, T, -1, -1).contiguous()
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    batches: Iterable[Mapping[str, Any]],
+    dataset: str,
+    *,
+    device: str | torch.device = "cpu",
+    transform: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+    seed: int = 0,
+) -> Predictions:
+    """Run ``model(video, dataset)`` over evaluation batches and gather the logits by clip key and view.
+
+    Args:
+        model: ``model(x (B, C, T, H, W), dataset) -> logits (B, K)``; put in eval mode.
+        batches: the evaluation loader's dicts with ``video``, ``label``, ``key`` and ``view`` (``view``
+            may be absent: one view per clip).
+        transform: an optional control applied to each video batch (:func:`shuffle_frames`,
+            :func:`static_frames`), drawing from a generator seeded with ``seed``.
+
+    Under torchrun every rank predicts its part and the parts are gathered on every rank (CPU tensors).
+    bf16 autocast on CUDA.
+    """
+    device = torch.device(device)
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    )
+    keys: list[str] = []
+    views: list[int] = []
+    logits: list[torch.Tensor] = []
+    labels: list[torch.Tensor] = []
+    for batch in batches:
+        video = batch["video"]
+        if transform is not None:
+            video = transform(video, generator)
+        with autocast:
+            out = model(video.to(device, non_blocking=True), dataset)
+        logits.append(out.float().cpu())
+        labels.append(batch["label"].cpu())
+        keys.extend(batch["key"])
+        views.extend(batch.get("view", [0] * len(batch["key"])))
+    parts = distributed.all_gather_objects((keys, views, logits, labels))
+    keys = [k for p in parts for k in p[0]]
+    views = [v for p in parts for v in p[1]]
+    all_logits = [t for p in parts for t in p[2]]
+    all_labels = [t for p in parts for t in p[3]]
+    if not all_logits:
+        raise ValueError(f"{dataset}: the evaluation batches were empty")
+    return gather_views(keys, views, torch.cat(all_logits), torch.cat(all_labels))
+
+
+# ---- metrics ------------------------------------------------------------------------------------------------
+
+
+def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict[int, float]:
+    """Fraction of clips whose label is among the k highest scores. ``scores (N, K)``, ``labels (N,)``.
+
+    k larger than K counts every clip as correct (``min(k, K)`` classes are taken).
+    """
+    top = scores.topk(min(max(ks), scores.shape[1]), dim=1).indices  # (N, k_max)
+    hits = top == labels.view(-1, 1)
+    return {k: hits[:, :k].any(dim=1).float().mean().item() for k in ks}
+
+
+def per_class_accuracy(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float | None]:
+    """Recall per class: ``[correct / count]`` for each of ``num_classes``; ``None`` for a class with no clip."""
+    out: list[float | None] = []
+    for c in range(num_classes):
+        mask = labels == c
+        out.append((preds[mask] == c).float().mean().item() if mask.any() else None)
+    return out
+
+
+def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[list[int]]:
+    """``num_classes x num_classes`` counts; row = true class, column = predicted class."""
+    flat = torch.bincount(labels * num_classes + preds, minlength=num_classes * num_classes)
+    return flat.view(num_classes, num_classes).tolist()
+
+
+def charades_map(
+    scores: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor
+) -> tuple[float, np.ndarray]:
+    """Charades mAP (official protocol) and the AP of every class.
+
+    Args:
+        scores: ``(N, K)`` per-class scores of N videos.
+        labels: ``(N, K)`` multi-hot ground truth (0 / 1).
+
+    Returns:
+        ``(mAP, ap)``: ``ap`` is ``(K,)`` with NaN for classes without positives; ``mAP`` is the mean over
+        the others. Videos with no label are scored -inf for every class first. Tied scores are ranked by
+        video order (a stable sort).
+
+    Raises:
+        ValueError: shapes differ, or no class has a positive.
+    """
+    scores = _numpy(scores).astype(np.float64)  # a copy: empty rows are overwritten below
+    positive = _numpy(labels) > 0
+    if scores.shape != positive.shape or scores.ndim != 2:
+        raise ValueError(f"scores {scores.shape} and labels {positive.shape} must both be (N, K)")
+    scores[~positive.any(axis=1)] = -np.inf
+    order = np.argsort(-scores, axis=0, kind="stable")  # (N, K): videos by decreasing score, per class
+    hits = np.take_along_axis(positive, order, axis=0)  # (N, K)
+    precision = np.cumsum(hits, axis=0) / np.arange(1, len(hits) + 1)[:, None]
+    n_pos = hits.sum(axis=0)
+    if not n_pos.any():
+        raise ValueError("no class has a positive: mAP is undefined")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ap = np.where(n_pos > 0, (precision * hits).sum(axis=0) / n_pos, np.nan)
+    return float(np.nanmean(ap)), ap
+
+
+def _numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def single_label_metrics(scores: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict[str, Any]:
+    """``top1``, ``top5``, ``per_class_accuracy`` and ``confusion`` of ``scores (N, K)`` vs ``labels (N,)``."""
+    acc = topk_accuracy(scores, labels, (1, 5))
+    preds = scores.argmax(dim=1)
+    return {
+        "top1": acc[1],
+        "top5": acc[5],
+        "per_class_accuracy": per_class_accuracy(preds, labels, num_classes),
+        "confusion": confusion_matrix(preds, labels, num_classes),
+    }
+
+
+def multilabel_metrics(scores: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+    """``mAP`` and ``per_class_ap`` (``None`` for classes without positives) of ``scores (N, K)``."""
+    value, ap = charades_map(scores, labels)
+    return {"mAP": value, "per_class_ap": [None if np.isnan(a) else float(a) for a in ap]}
