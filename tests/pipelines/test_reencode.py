@@ -488,8 +488,25 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(tmp_path):
     assert frames == {f"carphone01_{s:06d}_{e:06d}": 15 * (e - s) for s, e in windows}
 
 
+def last_flow_task_runs(flow_name: str) -> list:
+    """The task runs of the latest run of ``flow_name`` on the test's Prefect server."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowRunFilter
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        flows = FlowFilter(name={"any_": [flow_name]})
+        latest = client.read_flow_runs(flow_filter=flows, sort=FlowRunSort.START_TIME_DESC, limit=1)[0]
+        assert latest.state is not None and latest.state.is_completed()
+        return client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [latest.id]}))
+
+
 def test_prefect_flow_equals_the_plain_run(prefect_api, kinetics_raw, kinetics_run, tmp_path):
     out = tmp_path / "kinetics"
     result = run_flow("kinetics", kinetics_cfg(), ReencodeConfig(workers=2, chunk_size=3), kinetics_raw, out)
     assert (result["ok"], result["failed"]) == (4, len(BAD))
     assert files_of(out) == files_of(kinetics_run[0])
+    tasks = last_flow_task_runs("reencode")
+    assert len(tasks) == 4  # 12 items in chunks of 3
+    assert all(t.state is not None and t.state.is_completed() for t in tasks)
+    assert sorted(t.name for t in tasks)[0].startswith("reencode-")
