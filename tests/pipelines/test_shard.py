@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipelines.common import read_json, read_jsonl, sha256_file
 from pipelines.shard import ShardError, main, read_tar_samples, run, verify_split
@@ -198,10 +199,11 @@ def test_images_are_jpg_samples(tmp_path):
 
 
 def test_main_reads_params(videos, tmp_path):
+    data = yaml.safe_load((ROOT / "tests" / "fixtures" / "params-micro.yaml").read_text())
+    data["datasets"]["kinetics"]["splits"] = ["val"]
+    data["shard"] = {"target_bytes": 2048, "min_shards": 2, "seed": 1}
     params = tmp_path / "params.yaml"
-    params.write_text(
-        "datasets:\n  kinetics: {format: kinetics, splits: [val]}\nshard: {target_bytes: 2048, min_shards: 2, seed: 1}\n"
-    )
+    params.write_text(yaml.safe_dump(data))
     main(
         [
             "kinetics",

@@ -52,11 +52,14 @@ def to_video(frames: np.ndarray | torch.Tensor) -> tv_tensors.Video:
 
 def normalize(video: torch.Tensor) -> torch.Tensor:
     """uint8 ``(..., T, C, H, W)`` -> float32 normalised ``(..., C, T, H, W)`` (ImageNet mean/std)."""
-    x = video.as_subclass(torch.Tensor).float().div_(255.0)
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    x = (x - mean) / std
-    return x.transpose(-4, -3).contiguous()  # TCHW -> CTHW
+    x = video.as_subclass(torch.Tensor).transpose(-4, -3)  # TCHW -> CTHW (a view)
+    # one uint8 -> float32 copy into contiguous CTHW memory, then x * 1/(255 std) - mean/std in place
+    out = torch.empty(x.shape, dtype=torch.float32)
+    out.copy_(x)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32)
+    scale = (1.0 / (255.0 * std)).view(3, 1, 1, 1)
+    bias = (-torch.tensor(IMAGENET_MEAN, dtype=torch.float32) / std).view(3, 1, 1, 1)
+    return out.mul_(scale).add_(bias)
 
 
 class TrainTransform:
