@@ -75,12 +75,15 @@ class PretrainConfig:
     ``random.Random(seed + k)`` by these weights, the same on every rank. ``loader`` has one entry per
     mixed dataset.
 
-    Image-to-video scaling (paper §3.6, built by ``tubevit.model.convert``): ``init_from`` is the
-    checkpoint whose weights start the run (an image ViT, timm or torchvision key layout, or a TubeViT),
-    ``tubes_from`` a smaller trained TubeViT whose tubes are taken, ``scale_from_layer`` the layer ``s``
-    that receives the gated skip ``tanh(alpha) * z_0`` (0 = no gated skip), and ``freeze_before`` the
-    number of leading encoder blocks that are frozen (the tokenizer is frozen with them when > 0). Frozen
-    parameters have ``requires_grad=False`` and are left out of the optimiser.
+    Image-to-video scaling (paper §3.6; the stage builds it with
+    ``tubevit.model.convert.scale_image_to_video(small, large, scale_from_layer, freeze_before=...,
+    width_map=..., gated=...)``): ``init_from`` is the checkpoint whose weights start the run (an image
+    ViT in timm or torchvision key layout, loaded with ``load_image_vit``, or a TubeViT state dict),
+    ``tubes_from`` the smaller trained TubeViT whose tubes are taken, ``scale_from_layer`` the layer ``s``
+    that receives the gated skip ``tanh(alpha) * z_0`` (0 = no scaling), ``freeze_before`` the number of
+    leading blocks frozen with the tokenizer (``None``: ``s``, the paper's setting; 0 freezes nothing).
+    Frozen parameters have ``requires_grad=False``; the loop leaves them out of the optimiser.
+    Without scaling, ``init_from`` alone starts the run from those weights.
     """
 
     datasets: dict[str, float] = field(default_factory=lambda: {"kinetics": 1.0, "imagenet": 1.0})
@@ -100,8 +103,12 @@ class PretrainConfig:
     seed: int = 0
     init_from: str | None = None  # image-to-video scaling: weights to start from (image ViT or TubeViT)
     tubes_from: str | None = None  # image-to-video scaling: smaller TubeViT checkpoint giving the tubes
-    scale_from_layer: int = 0  # s: gated skip into encoder layer s; 0 = off
-    freeze_before: int = 0  # freeze encoder blocks [0, freeze_before) (and the tokenizer when > 0)
+    scale_from_layer: int = 0  # s: gated skip into encoder layer s; 0 = no image-to-video scaling
+    freeze_before: int | None = None  # freeze the tokenizer and blocks [0, freeze_before); None = s
+    width_map: Literal["auto", "s2d", "linear"] = (
+        "auto"  # small -> large width: S2D (integer ratio) or linear
+    )
+    gated: bool = True  # the tanh(alpha) * z_0 skip (False: Table 6's "+last N layers" without the gate)
 
     def __post_init__(self) -> None:
         _check_common(self)
@@ -112,17 +119,28 @@ class PretrainConfig:
             check(name in self.loader, f"loader.{name}", f"missing: dataset {name!r} is mixed in datasets")
         for name in self.loader:
             check(name in self.datasets, f"loader.{name}", f"dataset {name!r} is not in datasets")
+        scaling = self.scale_from_layer > 0
         check(self.scale_from_layer >= 0, "scale_from_layer", f"must be >= 0, got {self.scale_from_layer}")
-        check(self.freeze_before >= 0, "freeze_before", f"must be >= 0, got {self.freeze_before}")
+        for name in ("init_from", "tubes_from"):
+            check(
+                not scaling or getattr(self, name) is not None,
+                name,
+                f"image-to-video scaling (scale_from_layer={self.scale_from_layer}) needs {name}",
+            )
         check(
-            self.scale_from_layer == 0 or self.init_from is not None,
-            "init_from",
-            f"image-to-video scaling (scale_from_layer={self.scale_from_layer}) needs init_from",
+            scaling or self.tubes_from is None,
+            "tubes_from",
+            "is only used by image-to-video scaling: set scale_from_layer (s >= 1)",
         )
         check(
-            self.scale_from_layer == 0 or self.freeze_before <= self.scale_from_layer,
+            self.freeze_before is None or scaling,
             "freeze_before",
-            f"must be <= scale_from_layer ({self.scale_from_layer}), got {self.freeze_before}",
+            "is only used by image-to-video scaling: set scale_from_layer (s >= 1)",
+        )
+        check(
+            self.freeze_before is None or 0 <= self.freeze_before <= self.scale_from_layer,
+            "freeze_before",
+            f"must be in [0, scale_from_layer={self.scale_from_layer}], got {self.freeze_before}",
         )
 
 

@@ -37,7 +37,18 @@ def test_defaults_and_types():
     assert pre.datasets == {"kinetics": 2.0}
     assert pre.loader["kinetics"].frames == 8
     assert pre.optim == OptimConfig()
-    assert (pre.init_from, pre.tubes_from, pre.scale_from_layer, pre.freeze_before) == (None, None, 0, 0)
+    assert (pre.init_from, pre.tubes_from, pre.scale_from_layer, pre.freeze_before) == (None, None, 0, None)
+    scaled = build(
+        PretrainConfig,
+        {"init_from": "vit_h.pth", "tubes_from": "models/small.pt", "scale_from_layer": 26},
+        "pretrain",
+    )
+    assert (scaled.scale_from_layer, scaled.freeze_before, scaled.width_map, scaled.gated) == (
+        26,
+        None,
+        "auto",
+        True,
+    )
     ft = build(FinetuneConfig, {"tubes": "embedded_interpolated", "multilabel": True}, "finetune.charades")
     assert ft.tubes == "embedded_interpolated" and ft.multilabel and ft.init == "pretrain"
 
@@ -66,6 +77,26 @@ def test_defaults_and_types():
             "unknown dataset",
         ),
         (PretrainConfig, {"scale_from_layer": 4}, "pretrain.init_from", "needs init_from"),
+        (
+            PretrainConfig,
+            {"scale_from_layer": 4, "init_from": "a"},
+            "pretrain.tubes_from",
+            "needs tubes_from",
+        ),
+        (PretrainConfig, {"tubes_from": "a"}, "pretrain.tubes_from", "only used by image-to-video scaling"),
+        (
+            PretrainConfig,
+            {"freeze_before": 2},
+            "pretrain.freeze_before",
+            "only used by image-to-video scaling",
+        ),
+        (
+            PretrainConfig,
+            {"scale_from_layer": 4, "init_from": "a", "tubes_from": "b", "freeze_before": 5},
+            "pretrain.freeze_before",
+            "must be in [0, scale_from_layer=4], got 5",
+        ),
+        (PretrainConfig, {"width_map": "pca"}, "pretrain.width_map", "must be one of"),
         (
             PretrainConfig,
             {"steps": 10, "optim": {"warmup_steps": 20}},

@@ -263,3 +263,26 @@ def test_checkpoint_contents_and_config_hash_refusal(tmp_path):
         CheckpointError, match=r"config hash h, but the current config hashes to other; the params changed"
     ):
         run(tmp_path, steps=4, hash_="other")
+
+
+def test_image_to_video_scaled_model_trains_only_unfrozen_parts():
+    """The loop trains what ``scale_image_to_video`` built: frozen tubes and blocks stay, the gate learns."""
+    from tubevit.model.convert import scale_image_to_video
+    from tubevit.model.tubevit import create_model
+
+    from .helpers import NUM_CLASSES
+
+    torch.manual_seed(0)
+    small = create_model("nano", "embedded", {"kinetics": 5})
+    large = create_model("nano", "embedded", NUM_CLASSES, embed_dim=128, depth=3)
+    scale_image_to_video(small, large, scale_from_layer=2)
+    frozen = {n: p.clone() for n, p in large.named_parameters() if not p.requires_grad}
+    assert any(n.startswith("tokenizer.") for n in frozen) and any(n.startswith("blocks.1.") for n in frozen)
+    before = {n: p.clone() for n, p in large.named_parameters() if p.requires_grad}
+    batches = joint_batches(4, 1, weights=(("kinetics", 1.0),), frames=8, size=32)
+    train(large, batches, objectives(), OptimConfig(lr=1e-2, warmup_steps=0), 3)
+    for name, p in large.named_parameters():
+        if name in frozen:
+            assert torch.equal(p, frozen[name]), name
+    assert large.gate.alpha.item() != 0.0  # tanh(alpha) * z_0: alpha starts at 0 and learns
+    assert not torch.equal(large.blocks[2].mlp.fc1.weight, before["blocks.2.mlp.fc1.weight"])
