@@ -424,6 +424,8 @@ class ClipLoader:
     def __iter__(self) -> Iterator[dict]:
         epoch, start = self.epoch, self.start_batch
         self.epoch, self.start_batch = epoch + 1, 0
+        if start == self.epoch_batches:
+            return iter(())  # resumed at the end of the epoch (with_epoch(0) would mean "no limit")
         register_fsspec_handlers()
         loader = wds.WebLoader(
             self.pipeline(epoch, start),

@@ -148,6 +148,8 @@ def test_resume_skips_consumed_batches_with_two_workers(root):
     assert len(full) == 7 and len(resumed) == 4
     assert [x["key"] for x in resumed] == [x["key"] for x in full[3:]]
     assert all(torch.equal(x["video"], y["video"]) for x, y in zip(resumed, full[3:], strict=True))
+    at_end = _loader(root, lcfg, epoch_batches=7, start_batch=7)
+    assert list(at_end) == [] and len(list(at_end)) == 7  # then the next epoch, in full
 
 
 def test_ranks_get_equal_batch_counts_and_different_data(root):
