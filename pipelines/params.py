@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,10 @@ class DeployConfig:
 
     def __post_init__(self) -> None:
         check(len(self.cron.split()) == 5, "cron", f"expected 5 cron fields, got {self.cron!r}")
+        try:
+            zoneinfo.ZoneInfo(self.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ConfigError("timezone", f"unknown IANA time zone {self.timezone!r}") from None
 
 
 @dataclass(frozen=True)
