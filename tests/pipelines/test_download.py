@@ -471,12 +471,16 @@ def test_download_flow_with_prefect_tasks(prefect_api, server: Server, tmp_path:
     dropping = server.add("/drop.csv", CSV * 50)
     server.drop_once.add("/drop.csv")
     missing = server.url + "/missing.zip"
+    with socket.socket() as s:  # a port with nobody listening: retried by Prefect, then a failure
+        s.bind(("127.0.0.1", 0))
+        unreachable = f"http://127.0.0.1:{s.getsockname()[1]}/gone.csv"
     out = tmp_path / "out"
-    summary = download.run_flow(
-        "kinetics", http_cfg(good, dropping, missing, sha256=(sha(data), "", "")), out
-    )
-    assert (summary["items"], summary["ok"], summary["failed"]) == (3, 2, 1)
-    assert failures(out)[0]["reason"] == f"{missing}: HTTP 404 Not Found"
+    cfg = http_cfg(good, dropping, missing, unreachable, sha256=(sha(data), "", "", ""))
+    summary = download.run_flow("kinetics", cfg, out)
+    assert (summary["items"], summary["ok"], summary["failed"]) == (4, 2, 2)
+    rows = {r["id"]: r["reason"] for r in failures(out)}
+    assert rows[missing] == f"{missing}: HTTP 404 Not Found"
+    assert rows[unreachable].startswith(f"cannot reach {unreachable}: ")
     assert (out / "drop.csv").read_bytes() == CSV * 50
     assert ("/drop.csv", f"bytes={len(CSV * 50) // 2}-") in server.requests  # resumed by a Prefect retry
     assert [r for r in server.requests if r[0] == "/missing.zip"] == [("/missing.zip", None)]  # 404: no retry
