@@ -67,8 +67,18 @@ def position_embedding(
     Tubes without a position on this input contribute no rows (as in the tokenizer).
 
     Returns:
-        ``(N, D)`` tensor on ``device`` in ``dtype`` (computed in float64, memoised in float32 on the CPU).
-        Treat it as read-only: it may be shared between calls.
+        ``(N, D)`` tensor on ``device`` in ``dtype`` (computed in float64; memoised per shape, device and
+        dtype, so a GPU step does not copy it again). Treat it as read-only: it is shared between calls.
     """
-    emb = _cached(tuple(specs), int(T), int(H), int(W), int(dim))
-    return emb.to(device=device, dtype=dtype)
+    key = (tuple(specs), int(T), int(H), int(W), int(dim))
+    device = torch.device("cpu") if device is None else torch.device(device)
+    if device.type == "cpu" and dtype == torch.float32:
+        return _cached(*key)
+    return _cached_on(*key, device, dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_on(
+    specs: tuple[TubeSpec, ...], T: int, H: int, W: int, dim: int, device: torch.device, dtype: torch.dtype
+) -> Tensor:
+    return _cached(specs, T, H, W, dim).to(device=device, dtype=dtype)  # one copy per device and dtype

@@ -124,4 +124,7 @@ def test_not_a_parameter_nor_in_state_dict():
     x = position_embedding(model.tubes, 16, 64, 64, 64)
     assert x.shape == (128, 64)
     assert position_embedding(model.tubes, 16, 64, 64, 64) is x  # memoised per shape
+    half = position_embedding(model.tubes, 16, 64, 64, 64, dtype=torch.bfloat16)
+    assert half is position_embedding(model.tubes, 16, 64, 64, 64, dtype=torch.bfloat16)  # and per dtype
+    torch.testing.assert_close(half, x.to(torch.bfloat16), rtol=0, atol=0)
     assert position_embedding(model.tokenizer.active_specs(1, 64, 64), 1, 64, 64, 64).shape == (64, 64)
