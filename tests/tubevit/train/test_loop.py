@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -286,3 +287,14 @@ def test_image_to_video_scaled_model_trains_only_unfrozen_parts():
             assert torch.equal(p, frozen[name]), name
     assert large.gate.alpha.item() != 0.0  # tanh(alpha) * z_0: alpha starts at 0 and learns
     assert not torch.equal(large.blocks[2].mlp.fc1.weight, before["blocks.2.mlp.fc1.weight"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_bf16_steps_run_and_learn():
+    model = fresh()
+    rec = Recorder()
+    train(model, joint_batches(16, 1), objectives(), OPTIM, 20, device="cuda", callbacks=[rec])
+    assert next(model.parameters()).device.type == "cuda"
+    losses = [m["loss"] for _, m in rec.of("step")]
+    assert all(map(math.isfinite, losses)) and min(losses[-5:]) < losses[0]
