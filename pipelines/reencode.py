@@ -366,7 +366,7 @@ def _run_ffmpeg(spec, src: Path, tmp: Path, timeout: float) -> list[str]:
 def _encode_video(item: Item, src: Path, final: Path, cfg: DatasetConfig, rcfg: ReencodeConfig) -> dict:
     """Probe, trim, encode to a temporary, verify, rename. Returns the sidecar's ``media`` and ``quality``."""
     try:
-        info = probe_video(src)
+        info = probe_video(src, count_frames=False)  # no packet count: one ffprobe launch per source
     except ProbeError as exc:
         kind = "missing" if exc.reason == "missing file" else "unreadable"
         raise ItemFailure(kind, exc.reason) from None
@@ -408,7 +408,7 @@ def _encode_video(item: Item, src: Path, final: Path, cfg: DatasetConfig, rcfg: 
     quality = {
         "source_codec": info.codec,
         "source_fps": round(info.fps, 6),
-        "source_frames": info.frames,
+        "source_frames": info.frames or None,  # None when the container stores no count (WebM)
         "source_duration": round(info.duration, 6),
         "source_width": info.display_width,
         "source_height": info.display_height,
