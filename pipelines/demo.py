@@ -1,0 +1,137 @@
+"""The main command's body (``bash scripts/demo.sh``): run the whole DAG on the embedded default.
+
+1. Start or reuse the local Prefect server (:mod:`pipelines.server`), so that every stage's flow shows in
+   the UI, and export ``PREFECT_API_URL`` and ``PREFECT_LOGGING_EXTRA_LOGGERS=tubevit`` to the stages.
+2. ``dvc --wait-for-lock repro`` (DVC reruns only what changed), its output streamed to the terminal.
+3. Write each stage's wall time to ``metrics/timing.json`` (no stage depends on it; ``dvc metrics show``
+   lists it), then print ``dvc metrics show`` and where the metrics, plots and the UI are.
+
+``python -m pipelines.demo [--force] [--no-server] [targets ...]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from pipelines import server
+from pipelines.common import read_json, write_json_atomic
+
+__all__ = ["main", "run_repro", "stage_times"]
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMING = Path("metrics") / "timing.json"
+
+
+def stage_times(events: Iterable[tuple[float, str]], end: float) -> dict[str, float]:
+    """Wall seconds per stage from ``dvc repro``'s output lines, each with the time it was read.
+
+    A stage runs from its ``Running stage '<name>':`` line to the next stage's line (run or skipped) or
+    ``end``. Skipped stages (``Stage '<name>' didn't change, skipping``) are not listed.
+    """
+    times: dict[str, float] = {}
+    current: tuple[str, float] | None = None
+    for t, line in events:
+        started = line.startswith("Running stage '")
+        skipped = line.startswith("Stage '") and "didn't change" in line
+        if (started or skipped) and current is not None:
+            times[current[0]] = round(t - current[1], 3)
+            current = None
+        if started:
+            current = (line.split("'")[1], t)
+    if current is not None:
+        times[current[0]] = round(end - current[1], 3)
+    return times
+
+
+def stage_env(api_url: str | None) -> dict[str, str]:
+    """The environment of ``dvc repro``: this venv first on PATH (stage commands say ``python``), the
+    Prefect server's URL, and library logs forwarded to the UI."""
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tubevit")
+    env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
+    return env
+
+
+def run_repro(
+    args: list[str], env: dict[str, str], cwd: Path, out=sys.stdout
+) -> tuple[int, dict[str, float]]:
+    """Run ``dvc --wait-for-lock repro <args>``, echoing its output; returns (exit status, stage times)."""
+    cmd = [sys.executable, "-m", "dvc", "--wait-for-lock", "repro", *args]
+    events: list[tuple[float, str]] = []
+    with subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    ) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            events.append((time.monotonic(), line.rstrip("\n")))
+            out.write(line)
+            out.flush()
+    return process.returncode, stage_times(events, time.monotonic())
+
+
+def write_timing(path: Path, times: dict[str, float], total: float, args: list[str]) -> dict:
+    """Merge this run's stage times into ``path`` (stages that did not run keep their last time)."""
+    old = read_json(path) if path.exists() else {}
+    stages = dict(old.get("stages_s", {}))
+    stages.update(times)
+    record = {
+        "stages_s": dict(sorted(stages.items())),
+        "last_run": {"stages_s": times, "total_s": round(total, 3), "args": args},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+    }
+    write_json_atomic(path, record)
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.demo", description=__doc__.split("\n")[0])
+    parser.add_argument("targets", nargs="*", help="dvc repro targets (default: the whole DAG)")
+    parser.add_argument("--force", action="store_true", help="rerun every stage (dvc repro --force)")
+    parser.add_argument("--no-server", action="store_true", help="no Prefect server (flows start their own)")
+    args = parser.parse_args(argv)
+
+    api_url = None
+    if not args.no_server:
+        info = server.start()
+        api_url = info.url
+        print(f"[demo] Prefect UI: {info.ui} (API {info.url})", flush=True)
+    env = stage_env(api_url)
+    repro_args = [*(["--force"] if args.force else []), *args.targets]
+    start = time.monotonic()
+    status, times = run_repro(repro_args, env, ROOT)
+    total = time.monotonic() - start
+    if times:
+        write_timing(ROOT / TIMING, times, total, repro_args)
+    print(f"[demo] dvc repro exited with status {status} after {total:.0f} s", flush=True)
+    for name, seconds in times.items():
+        print(f"[demo]   {name:<22} {seconds:8.1f} s")
+    if status:
+        return status
+    subprocess.run([sys.executable, "-m", "dvc", "metrics", "show"], cwd=ROOT, env=env, check=False)
+    print(
+        "[demo] metrics: metrics/*.json (`dvc metrics show`); plots: plots/ (`dvc plots show`, then open "
+        "dvc_plots/index.html); stage times: metrics/timing.json"
+    )
+    if api_url:
+        print(
+            f"[demo] flow runs: {api_url.removesuffix('/api')}/runs; stop the server: python -m pipelines.server stop"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
