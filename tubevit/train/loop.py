@@ -178,6 +178,9 @@ def train(
         NonFiniteLossError: a step's loss is NaN or infinite (names the step and the dataset).
         CheckpointError: the checkpoint in ``checkpoint_dir`` has another config hash or world size.
     """
+    for name, value in (("steps", steps), ("accum_steps", accum_steps), ("eta_steps", eta_steps)):
+        if value < 1:
+            raise ValueError(f"train: {name} must be >= 1, got {value}")
     rank, world = distributed.rank(), distributed.world_size()
     dev = device if isinstance(device, torch.device) else distributed.resolve_device(device, _local_rank())
     main = rank == 0

@@ -67,6 +67,7 @@ def test_two_gloo_ranks_match_each_other_and_a_single_process(tmp_path):
     state = load_checkpoint(ckpt, config_hash="worker", world_size=2)
     assert state["step"] == 6 and len(state["rng"]) == 2 and state["world_size"] == 2
     assert all(torch.equal(state["model"][k], rank0[k]) for k in rank0)
+    assert not [k for k in state["model"] if "pos" in k]  # the fixed position embedding is never stored
     with pytest.raises(CheckpointError, match="written by 2 ranks, resumed with 1"):
         load_checkpoint(ckpt, config_hash="worker", world_size=1)
 

@@ -184,6 +184,8 @@ def test_batch_contract_errors():
 
     with pytest.raises(RuntimeError, match="step 1: the batch iterator ended after 0 of 1 micro-batches"):
         train(fresh(), short, objectives(), OPTIM, 3)
+    with pytest.raises(ValueError, match="train: accum_steps must be >= 1, got 0"):
+        train(fresh(), short, objectives(), OPTIM, 3, accum_steps=0)
     with pytest.raises(KeyError, match="step 0: no objective for dataset 'kinetics'; have \\['imagenet'\\]"):
         train(
             fresh(),
