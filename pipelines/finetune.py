@@ -1,0 +1,338 @@
+"""Stage ``finetune@<ds>``: fine-tune the pretrained TubeViT on one dataset with a new head.
+
+    python -m pipelines.finetune ssv2 --pretrained models/pretrain --shards shards/ssv2 --out models/ssv2 \
+        --checkpoints checkpoints/ssv2 --live dvclive/finetune-ssv2 --timing metrics/timing/finetune-ssv2.json \
+        --params params.yaml
+
+Reads ``params.finetune.<ds>`` and ``params.datasets.<ds>`` (``multilabel``, ``num_classes``); the model
+architecture comes from the pretrained bundle (``<pretrained>/config.json``), so ``params.model`` is not
+read (``finetune.<ds>.init: scratch`` builds the same architecture without loading its weights).
+
+- The pretrained heads are dropped and one new head ``<ds>`` is added (head dropout
+  ``finetune.<ds>.dropout``).
+- Single-label (SSv2): cross-entropy with ``label_smoothing`` after MixUp (``mixup`` is the Beta alpha).
+- Multi-label (Charades): BCE over multi-hot labels. Training labels are the actions overlapping the
+  sampled window; evaluation (the evaluate stage) uses video-level labels. ``finetune.<ds>.tubes`` switches
+  the tubes to an interpolated set (``embedded_interpolated``, ``charades_interpolated``): the learned
+  kernels keep their shape and are resized in the forward, so the parameter count and the token count at
+  the training input shape are unchanged (checked; a set that changes either is refused).
+- Resumable like pretrain (config hash includes the pretrained weights' sha256).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from pipelines import training
+from pipelines.common import sha256_file
+from pipelines.params import Params, load_params_or_exit
+from pipelines.pretrain import make_batches, make_validation
+from tubevit.config.base import to_dict
+from tubevit.config.model import build_model
+from tubevit.config.train import FinetuneConfig
+from tubevit.model.tubes import parse_tubes, token_counts
+from tubevit.model.tubevit import TubeViT
+from tubevit.train import distributed
+from tubevit.train.checkpoint import config_hash, latest_checkpoint
+from tubevit.train.loop import Callback, train
+from tubevit.train.losses import build_objective
+
+__all__ = ["TubeSwitchError", "finetune_flow", "main", "prepare_model", "run", "switch_tubes"]
+
+log = logging.getLogger(__name__)
+
+
+class TubeSwitchError(ValueError):
+    """Switching to another tube set would change the parameter count or the token count."""
+
+
+def switch_tubes(model: TubeViT, tubes: str, frames: int, size: int) -> dict[str, int]:
+    """Switch ``model`` to the tube set ``tubes`` in place, keeping parameters and tokens unchanged.
+
+    The new set must be an interpolation of the current one (same learned kernels, strides, offsets and
+    S2D): the learned weights keep their shape and are resized in the forward.
+
+    Args:
+        model: the pretrained TubeViT.
+        tubes: a tube set name, e.g. ``embedded_interpolated``.
+        frames, size: the fine-tuning input ``(T, size, size)`` at which the token count is compared.
+
+    Returns ``{"parameters": P, "tokens": N}`` (equal before and after).
+
+    Raises:
+        TubeSwitchError: the set is not an interpolation of the model's tubes, or the parameter or token
+            count changed; the message gives both counts.
+    """
+    before_params = sum(p.numel() for p in model.parameters())
+    before_tokens = sum(token_counts(model.tubes, frames, size, size))
+    new_specs = parse_tubes(tubes)
+    try:
+        model.set_tubes(new_specs)
+    except (ValueError, RuntimeError) as exc:
+        raise TubeSwitchError(f"tubes {tubes!r}: cannot replace the pretrained tubes ({exc})") from None
+    after_params = sum(p.numel() for p in model.parameters())
+    after_tokens = sum(token_counts(model.tubes, frames, size, size))
+    if (after_params, after_tokens) != (before_params, before_tokens):
+        raise TubeSwitchError(
+            f"tubes {tubes!r}: parameters {before_params} -> {after_params}, tokens at "
+            f"{frames}x{size}^2 {before_tokens} -> {after_tokens}; an interpolated set must keep both"
+        )
+    with torch.no_grad():  # the forward works at the new kernel size (the weights are resized in it)
+        x = torch.zeros(1, 3, frames, size, size, device=next(model.parameters()).device)
+        tokens = model.tokenizer(x).shape[1]
+    if tokens != before_tokens:
+        raise TubeSwitchError(
+            f"tubes {tubes!r}: the tokenizer gives {tokens} tokens, expected {before_tokens}"
+        )
+    return {"parameters": after_params, "tokens": after_tokens}
+
+
+def prepare_model(bundle: training.ModelBundle, name: str, num_classes: int, fcfg: FinetuneConfig) -> TubeViT:
+    """The fine-tuning model: pretrained weights (or the same architecture from scratch with
+    ``init: scratch``), every pretrained head dropped, a new head ``name`` with ``num_classes`` outputs,
+    head dropout ``fcfg.dropout``, and the tubes switched when ``fcfg.tubes`` is set."""
+    torch.manual_seed(fcfg.seed)
+    model = build_model(bundle.config, {name: num_classes}, head_dropout=fcfg.dropout)
+    if fcfg.init == "pretrain":
+        state = {k: v for k, v in bundle.model.state_dict().items() if not k.startswith("heads.")}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected or any(not k.startswith(f"heads.{name}.") for k in missing):
+            raise RuntimeError(f"pretrained weights do not fit: missing {missing}, unexpected {unexpected}")
+    if fcfg.tubes is not None:
+        counts = switch_tubes(model, fcfg.tubes, fcfg.loader.frames, fcfg.loader.size)
+        log.info("finetune %s: tubes switched to %s (%s unchanged)", name, fcfg.tubes, counts)
+    return model
+
+
+def run(
+    params: Params,
+    name: str,
+    pretrained: Path,
+    shards: Path,
+    out: Path,
+    checkpoints: Path | None,
+    live: Path | None = None,
+    timing: Path | None = None,
+    *,
+    callbacks: Sequence[Callback] = (),
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Fine-tune the bundle in ``pretrained`` on ``<shards>/train`` and write the bundle to ``out``.
+
+    Args:
+        params: the validated params; ``params.finetune[name]`` must exist.
+        name: the dataset (``ssv2``, ``charades``).
+        pretrained: the pretrain stage's model folder.
+        shards: ``shards/<name>`` (with ``train/index.json``; ``val/`` is used when ``eval_every > 0``).
+        out, checkpoints, live, timing, callbacks, progress: as in :func:`pipelines.pretrain.run`.
+
+    Raises:
+        KeyError: no ``finetune.<name>`` section.
+        NonFiniteLossError: a step's loss is NaN or infinite (the message names the step).
+    """
+    t_start = time.perf_counter()
+    if name not in params.finetune:
+        raise KeyError(f"finetune.{name}: not in params (fine-tuned datasets: {sorted(params.finetune)})")
+    fcfg = params.finetune[name]
+    dcfg = params.dataset(name)
+    info = distributed.init_distributed(fcfg.device)
+    meta = training.dataset_meta(shards, name, "train", dcfg)
+    bundle = training.load_model(pretrained)
+    model = prepare_model(bundle, name, meta.num_classes, fcfg)
+    n_params = sum(p.numel() for p in model.parameters())
+    weights_sha = sha256_file(Path(pretrained) / training.MODEL_FILE)
+    fcfg_hashed = {
+        k: v
+        for k, v in to_dict(fcfg).items()
+        if k not in ("device", "compile", "checkpoint_every", "eval_every")
+    }
+    chash = config_hash(fcfg_hashed, to_dict(bundle.config), weights_sha, training.data_fingerprint([meta]))
+
+    resuming = False
+    if checkpoints is not None:
+        if info.is_main:
+            training.set_aside_mismatched_checkpoint(checkpoints, chash)
+        distributed.barrier()
+        resuming = latest_checkpoint(checkpoints) is not None
+
+    lcfg = fcfg.loader
+    calls: list[Callback] = []
+    timer = training.Timer()
+    stage = f"finetune-{name}"
+    if info.is_main:
+        shape = (lcfg.batch_size, 3, lcfg.frames, lcfg.size, lcfg.size)
+        estimate = training.estimate_seconds(
+            model, {name: shape}, {name: 1.0}, fcfg.steps, fcfg.accum_steps, info.device
+        )
+        log.info(
+            "%s: estimated time for %d steps: %s (compute only, measured on one micro-batch)",
+            stage,
+            fcfg.steps,
+            training.format_seconds(estimate),
+        )
+        calls = [timer, training.EtaLogger(stage)]
+        if progress:
+            calls.append(training.ProgressBar(stage))
+        if live is not None:
+            calls.append(training.LiveLogger(live, resume=resuming))
+        calls.extend(callbacks)
+
+    objective = build_objective(
+        meta.num_classes, multilabel=meta.multilabel, label_smoothing=fcfg.label_smoothing, mixup=fcfg.mixup
+    )
+    batches = make_batches(
+        {name: meta},
+        {name: lcfg},
+        {name: 1.0},
+        seed=fcfg.seed,
+        accum_steps=fcfg.accum_steps,
+        rank=info.rank,
+        world_size=info.world_size,
+    )
+    evaluate = None
+    if fcfg.eval_every > 0:
+        val = training.dataset_meta(shards, name, "val", dcfg)
+        evaluate = make_validation({name: val}, {name: lcfg}, info.device, params.evaluate.batch_size)
+    result = train(
+        model,
+        batches,
+        {name: objective},
+        fcfg.optim,
+        fcfg.steps,
+        accum_steps=fcfg.accum_steps,
+        device=info.device,
+        compile=fcfg.compile,
+        seed=fcfg.seed,
+        checkpoint_dir=checkpoints,
+        checkpoint_every=fcfg.checkpoint_every,
+        config_hash=chash,
+        evaluate=evaluate,
+        eval_every=fcfg.eval_every,
+        callbacks=calls,
+    )
+    summary: dict[str, Any] = {
+        "steps": result.step,
+        "start_step": result.start_step,
+        "final_loss": result.metrics.get("loss"),
+        "parameters": n_params,
+        "heads": {name: meta.num_classes},
+    }
+    if info.is_main:
+        model.cpu()
+        training.save_model(
+            out,
+            training.ModelBundle(
+                model=model,
+                config=bundle.config,
+                heads={name: meta.num_classes},
+                classes={name: meta.classes},
+                inputs={name: {"frames": lcfg.frames, "size": lcfg.size}},
+                multilabel={name: meta.multilabel},
+                extra={
+                    "stage": stage,
+                    "steps": fcfg.steps,
+                    "init": fcfg.init,
+                    "pretrained_sha256": weights_sha,
+                    "tubes_name": fcfg.tubes,
+                },
+            ),
+        )
+        summary.update(timer.summary())
+        summary["stage_seconds"] = round(time.perf_counter() - t_start, 3)
+        summary.update({"device": str(info.device), "nproc": info.world_size})
+        training.write_timing(timing, stage, summary)
+        log.info("%s: wrote %s; %s", stage, out, json.dumps(summary, sort_keys=True))
+    distributed.barrier()
+    return summary
+
+
+@task(name="finetune-train", cache_policy=NO_CACHE)
+def _train_task(params: Params, name: str, paths: dict[str, Path | None]) -> dict[str, Any]:
+    return run(params, name, **paths)
+
+
+@task(name="finetune-torchrun", cache_policy=NO_CACHE)
+def _torchrun_task(argv: list[str], nproc: int) -> int:
+    return training.run_torchrun("pipelines.finetune", argv, nproc)
+
+
+@flow(name="finetune", validate_parameters=False)
+def finetune_flow(
+    params: Params, name: str, paths: dict[str, Path | None], argv: list[str]
+) -> dict[str, Any] | int:
+    """The finetune stage as a Prefect flow: one task that trains in-process (``nproc == 1``) or launches
+    ONE torchrun subprocess (``nproc > 1``)."""
+    nproc = params.finetune[name].nproc
+    if nproc > 1:
+        rc = _torchrun_task(argv, nproc)
+        if rc != 0:
+            raise RuntimeError(f"finetune {name}: torchrun exited with status {rc}")
+        return rc
+    return _train_task(params, name, paths)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.finetune", description=__doc__.split("\n")[0])
+    parser.add_argument("dataset", help="the dataset to fine-tune on (a key of finetune: in params)")
+    parser.add_argument(
+        "--pretrained", type=Path, required=True, help="pretrained model folder (models/pretrain)"
+    )
+    parser.add_argument("--shards", type=Path, required=True, help="shards/<ds>")
+    parser.add_argument("--out", type=Path, required=True, help="model folder (models/<ds>)")
+    parser.add_argument(
+        "--checkpoints", type=Path, required=True, help="checkpoint folder (checkpoints/<ds>)"
+    )
+    parser.add_argument("--live", type=Path, default=None, help="dvclive folder (dvclive/finetune-<ds>)")
+    parser.add_argument(
+        "--timing", type=Path, default=None, help="timing JSON (metrics/timing/finetune-<ds>.json)"
+    )
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="the params file")
+    parser.add_argument("--no-flow", action="store_true", help="run without Prefect (torchrun ranks do)")
+    parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    params = load_params_or_exit(args.params, dataset=args.dataset)
+    if args.dataset not in params.finetune:
+        print(
+            f"{args.params}: finetune.{args.dataset}: not defined (fine-tuned datasets: "
+            f"{', '.join(sorted(params.finetune)) or 'none'})",
+            file=sys.stderr,
+        )
+        return 2
+    paths = {
+        "pretrained": args.pretrained,
+        "shards": args.shards,
+        "out": args.out,
+        "checkpoints": args.checkpoints,
+        "live": args.live,
+        "timing": args.timing,
+    }
+    nproc = params.finetune[args.dataset].nproc
+    if training.under_torchrun() or args.no_flow:
+        if nproc > 1 and not training.under_torchrun():
+            return training.run_torchrun("pipelines.finetune", argv, nproc)
+        run(params, args.dataset, **paths, progress=not args.no_progress)
+        distributed.cleanup()
+        return 0
+    finetune_flow(params, args.dataset, paths, argv)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
