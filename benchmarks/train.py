@@ -12,6 +12,8 @@
    the JSON records "not measured: no GPU lent in this task".
 
 The machine's other users share its cores: CPU numbers are noisy, the JSON records threads and load.
+Each CPU case runs with 1 and with 2 torch threads: on a loaded 2-core machine OpenMP's 2 threads were
+measured 10-30x slower than 1 thread (threads spin-wait for a descheduled peer).
 """
 
 from __future__ import annotations
@@ -123,21 +125,29 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6, help="measured steps per case")
     parser.add_argument("--warmup", type=int, default=2, help="steps dropped before measuring")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "train.json")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument(
+        "--threads", default="1,2", help="comma-separated torch CPU thread counts to measure each case with"
+    )
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
 
     started = time.time()
-    cpu = [measure(*case, steps=args.steps, warmup=args.warmup, device="cpu") for case in CPU_CASES]
+    load_start = round(os.getloadavg()[0], 2)
+    cpu = []
+    for threads in (int(t) for t in args.threads.split(",")):
+        torch.set_num_threads(threads)
+        for case in CPU_CASES:
+            cpu.append(
+                {**measure(*case, steps=args.steps, warmup=args.warmup, device="cpu"), "threads": threads}
+            )
+    torch.set_num_threads(os.cpu_count() or 1)
     gpu = gpu_row(args.steps * 3, args.warmup + 1)
-    header = f"{'variant':8} {'tubes':9} {'T x H^2':>10} {'batch':>5} {'device':>6} {'GMACs':>7} {'clips/s':>8} {'GFLOP/s':>8}"
+    header = f"{'variant':8} {'tubes':9} {'T x H^2':>10} {'batch':>5} {'device':>6} {'threads':>7} {'GMACs':>7} {'clips/s':>8} {'GFLOP/s':>8}"
     print(header)
     print("-" * len(header))
     for r in cpu + ([gpu] if gpu.get("status") == "measured" else []):
         geom = f"{r['frames']}x{r['size']}^2"
         print(
-            f"{r['variant']:8} {r['tubes']:9} {geom:>10} {r['batch']:>5} {r['device']:>6} {r['gmacs_per_clip']:>7} {r['clips_per_s']:>8} {r['train_gflops_per_s']:>8}"
+            f"{r['variant']:8} {r['tubes']:9} {geom:>10} {r['batch']:>5} {r['device']:>6} {r.get('threads', '-')!s:>7} {r['gmacs_per_clip']:>7} {r['clips_per_s']:>8} {r['train_gflops_per_s']:>8}"
         )
     if gpu.get("status") == "measured":
         print(f"GPU {gpu['gpu']}: MFU {gpu['mfu']}")
@@ -148,8 +158,7 @@ def main() -> None:
         "gpu": gpu,
         "machine": {
             "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "load_average_1m": round(os.getloadavg()[0], 2),
+            "load_average_1m_start_end": [load_start, round(os.getloadavg()[0], 2)],
             "torch": torch.__version__,
             "python": platform.python_version(),
         },
