@@ -3,8 +3,9 @@
 1. Start or reuse the local Prefect server (:mod:`pipelines.server`), so that every stage's flow shows in
    the UI, and export ``PREFECT_API_URL`` and ``PREFECT_LOGGING_EXTRA_LOGGERS=tubevit`` to the stages.
 2. ``dvc --wait-for-lock repro`` (DVC reruns only what changed), its output streamed to the terminal.
-3. Write each stage's wall time to ``metrics/timing.json`` (no stage depends on it; ``dvc metrics show``
-   lists it), then print ``dvc metrics show`` and where the metrics, plots and the UI are.
+3. Write each stage's wall time to ``metrics/timing/stages.json`` (written outside DVC: no stage depends
+   on it, and it is not a DVC metric), print the times and ``dvc metrics show`` (the evaluation metrics and
+   each training stage's throughput, ``metrics/timing/<stage>.json``) and where the plots and the UI are.
 
 ``python -m pipelines.demo [--force] [--no-server] [targets ...]``
 """
@@ -26,7 +27,7 @@ from pipelines.common import read_json, write_json_atomic
 __all__ = ["main", "run_repro", "stage_times"]
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMING = Path("metrics") / "timing.json"
+TIMING = Path("metrics") / "timing" / "stages.json"  # beside the stages' own timing files
 
 
 def stage_times(events: Iterable[tuple[float, str]], end: float) -> dict[str, float]:
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     subprocess.run([sys.executable, "-m", "dvc", "metrics", "show"], cwd=ROOT, env=env, check=False)
     print(
         "[demo] metrics: metrics/*.json (`dvc metrics show`); plots: plots/ (`dvc plots show`, then open "
-        "dvc_plots/index.html); stage times: metrics/timing.json"
+        "dvc_plots/index.html); stage times: metrics/timing/stages.json"
     )
     if api_url:
         print(
