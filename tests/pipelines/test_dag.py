@@ -38,8 +38,6 @@ IDENTITY = {
     "GIT_COMMITTER_EMAIL": "test@tubevit.local",
 }
 
-pytestmark = pytest.mark.slow
-
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
@@ -131,6 +129,7 @@ def _ran(output: str) -> list[str]:
     return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")]
 
 
+@pytest.mark.slow
 def test_fresh_clone_runs_every_stage(dag):
     for key in ("out_a", "out_b"):
         assert sorted(_ran(dag[key])) == sorted(STAGES)
@@ -147,6 +146,7 @@ def test_fresh_clone_runs_every_stage(dag):
     assert all(f"{stage}:" in lock for stage in STAGES)
 
 
+@pytest.mark.slow
 def test_second_repro_does_nothing(dag):
     out = dvc(dag["a"], "repro")
     assert _ran(out) == []
@@ -154,6 +154,7 @@ def test_second_repro_does_nothing(dag):
     assert "Data and pipelines are up to date." in dvc(dag["a"], "status")
 
 
+@pytest.mark.slow
 def test_two_from_scratch_repros_are_identical(dag):
     a, b = dag["a"], dag["b"]
     for ds in DATASETS:
@@ -186,6 +187,19 @@ def test_two_from_scratch_repros_are_identical(dag):
     assert {p: outs_a[p] for p in same} == {p: outs_b[p] for p in same}
 
 
+def test_stage_times_from_dvc_output():
+    """pipelines.demo times each stage from `dvc repro`'s output lines (skipped stages are not listed)."""
+    lines = [
+        (0.0, "Running stage 'download@kinetics':"),
+        (0.5, "> python -m pipelines.download kinetics --out raw/kinetics --params params.yaml"),
+        (4.0, "Stage 'download@ssv2' didn't change, skipping"),
+        (4.5, "Running stage 'reencode@kinetics':"),
+        (9.0, "Updating lock file 'dvc.lock'"),
+    ]
+    assert stage_times(lines, end=10.0) == {"download@kinetics": 4.0, "reencode@kinetics": 5.5}
+    assert stage_times([], end=1.0) == {}
+
+
 def _set_param(path: Path, dotted: str, value) -> None:
     """Set one key of a params file in place (round-trip YAML: comments and layout kept)."""
     yaml = YAML()
@@ -200,6 +214,7 @@ def _set_param(path: Path, dotted: str, value) -> None:
         yaml.dump(doc, f)
 
 
+@pytest.mark.slow
 def test_param_change_reruns_only_dependent_stages(dag):
     """`dvc status` names exactly the stages that read a changed key (execution-only keys: none), and a
     real repro after a change reruns that stage and what its changed outputs feed, nothing else."""
@@ -239,6 +254,7 @@ def test_param_change_reruns_only_dependent_stages(dag):
     assert json.loads((b / "metrics" / "timing" / "finetune-charades.json").read_text())["steps"] == 3
 
 
+@pytest.mark.slow
 def test_metrics_and_plots_show(dag):
     a = dag["a"]
     shown = json.loads(dvc(a, "metrics", "show", "--json"))
@@ -274,6 +290,7 @@ def test_metrics_and_plots_show(dag):
 _GITIGNORED_METRICS = "/metrics/" in (ROOT / ".gitignore").read_text().split()
 
 
+@pytest.mark.slow
 def test_exp_run_with_a_pretrain_param(dag):
     """`dvc exp run -S pretrain.checkpoint_every=2`: pretrain reruns; its model is bitwise the same (the
     checkpoint interval does not change training), so nothing downstream reruns."""
