@@ -102,6 +102,9 @@ def test_deployments_run_dvc_repro_and_exp_run_through_the_api(tmp_path, workspa
     home = tmp_path / "prefect-home"
     info = server.start(home, port=server.find_free_port(), reuse_env=False)  # `prefect server start`
     assert not info.reused and info.pid and (home / "server.pid").read_text().strip() == str(info.pid)
+    again = server.start(home, reuse_env=False)  # a healthy recorded server is reused, not restarted
+    assert (again.reused, again.pid, again.url) == (True, info.pid, info.url)
+    assert server.status(home) == again and server.healthy(info.url)
     # the runner polls for due runs every 10 s by default
     env = {**server.server_env(home), "PREFECT_API_URL": info.url, "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
     log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - closed in finally
