@@ -270,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    training.setup_logging()
     params = load_params_or_exit(args.params, dataset=args.dataset)
     paths = {
         "model_dir": args.model,

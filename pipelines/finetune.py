@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -147,6 +148,7 @@ def run(
     fcfg = params.finetune[name]
     dcfg = params.dataset(name)
     info = distributed.init_distributed(fcfg.device)
+    training.configure_threads(info.device, fcfg.loader.workers, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     meta = training.dataset_meta(shards, name, "train", dcfg)
     bundle = training.load_model(pretrained)
     model = prepare_model(bundle, name, meta.num_classes, fcfg)
@@ -306,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    training.setup_logging()
     params = load_params_or_exit(args.params, dataset=args.dataset)
     if args.dataset not in params.finetune:
         print(

@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -180,6 +181,11 @@ def run(
     pcfg = params.pretrain
     info = distributed.init_distributed(pcfg.device)
     weights = dict(pcfg.datasets)
+    training.configure_threads(
+        info.device,
+        max(pcfg.loader[name].workers for name in weights),
+        int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
+    )
     metas = {
         name: training.dataset_meta(Path(shards) / name, name, "train", params.dataset(name))
         for name in weights
@@ -356,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    training.setup_logging()
     params = load_params_or_exit(args.params)
     paths = {
         "shards": args.shards,

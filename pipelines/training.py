@@ -61,6 +61,7 @@ __all__ = [
     "ModelBundle",
     "ProgressBar",
     "Timer",
+    "configure_threads",
     "data_fingerprint",
     "dataset_meta",
     "estimate_seconds",
@@ -68,6 +69,7 @@ __all__ = [
     "open_live",
     "save_model",
     "set_aside_mismatched_checkpoint",
+    "setup_logging",
     "torchrun_command",
     "under_torchrun",
     "write_timing",
@@ -422,6 +424,30 @@ def write_timing(path: str | Path | None, stage: str, record: Mapping[str, Any])
             **record,
         },
     )
+
+
+def configure_threads(device: torch.device, loader_workers: int, ranks_per_node: int = 1) -> int:
+    """On the CPU, give the training process the cores its loader workers leave free:
+    ``max(1, cpu_count // ranks_per_node - loader_workers)`` torch threads; returns the count (unchanged
+    on CUDA). On a shared 2-core machine OpenMP's spinning threads were measured 3-30x slower than one
+    thread when a core is busy (benchmarks/train.py), so one loader worker and one compute thread is the
+    embedded default's layout. The count is a pure function of the machine and params, so runs on one
+    machine stay bitwise reproducible."""
+    if device.type != "cpu":
+        return torch.get_num_threads()
+    threads = max(1, (os.cpu_count() or 1) // max(1, ranks_per_node) - loader_workers)
+    torch.set_num_threads(threads)
+    log.info("cpu: %d torch threads (%d loader workers per rank)", threads, loader_workers)
+    return threads
+
+
+def setup_logging() -> None:
+    """INFO logs of ``pipelines`` and ``tubevit`` on stderr. Importing Prefect already puts its console
+    handler on the root logger (at WARNING), which makes ``logging.basicConfig`` a no-op; the levels of
+    our loggers are therefore set explicitly."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for name in ("pipelines", "tubevit"):
+        logging.getLogger(name).setLevel(logging.INFO)
 
 
 # ------------------------------------------------------------------------------------------- launch
