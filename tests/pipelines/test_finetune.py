@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pipelines import finetune, training
-from tests.fixtures.training_data import micro_params, micro_pretrained, micro_shards
+from tests.fixtures.training_data import micro_finetuned, micro_params, micro_pretrained, micro_shards
 from tubevit.model.tubes import get_tube_set, token_counts
 from tubevit.train.loop import Callback, NonFiniteLossError
 
@@ -62,10 +62,8 @@ def test_ssv2_new_head_and_outputs(base, pretrained, tmp_path):
 
 
 def test_charades_interpolated_tubes_keep_params_and_tokens(base, pretrained, tmp_path):
-    shards = micro_shards(base) / "charades"
-    params = micro_params()
-    finetune.run(params, "charades", pretrained, shards, tmp_path / "m", tmp_path / "ck", progress=False)
-    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    model = micro_finetuned(base, "charades")
+    config = json.loads((model / "config.json").read_text())
     assert config["model"]["tubes"] == [s.to_dict() for s in get_tube_set("embedded_interpolated")]
     assert config["multilabel"] == {"charades": True} and config["heads"] == {"charades": 12}
     pre = json.loads((pretrained / "config.json").read_text())
@@ -73,10 +71,10 @@ def test_charades_interpolated_tubes_keep_params_and_tokens(base, pretrained, tm
     assert config["parameters"] == pre["parameters"] + head_params
     assert config["tokens"]["charades"] == pre["tokens"]["kinetics"] == 96
 
-    bundle = training.load_model(tmp_path / "m")
+    bundle = training.load_model(model)
     assert bundle.model.tubes == get_tube_set("embedded_interpolated")
     # the learned kernels keep their pretrained shapes; only the forward resizes them
-    state = torch.load(tmp_path / "m" / "model.pt", weights_only=True)
+    state = torch.load(model / "model.pt", weights_only=True)
     assert state["tokenizer.tubes.0.proj.weight"].shape[2:] == (4, 4, 4)
     assert bundle.model.tokenizer(torch.zeros(1, 3, 8, 64, 64)).shape == (1, 96, 64)
 

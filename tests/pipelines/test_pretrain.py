@@ -76,7 +76,7 @@ def test_outputs_and_contents(base, shards, tmp_path):
 def test_logs_timing_and_resume(shards, tmp_path, caplog):
     params = micro_params()
     ckpt, live, timing = tmp_path / "ckpt", tmp_path / "live", tmp_path / "timing.json"
-    one = dataclasses.replace(params, pretrain=dataclasses.replace(params.pretrain, steps=2))
+    one = params
     seen = Steps()
     with caplog.at_level("INFO", logger="pipelines.pretrain"):
         summary = pretrain.run(
@@ -107,20 +107,18 @@ def test_logs_timing_and_resume(shards, tmp_path, caplog):
     b = torch.load(tmp_path / "b" / "model.pt", weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
-    # more steps under the same params file are a different run: the old checkpoint is set aside
-    three = dataclasses.replace(params, pretrain=dataclasses.replace(params.pretrain, steps=3))
-    fresh = Steps()
-    pretrain.run(three, shards, tmp_path / "c", ckpt, None, None, callbacks=[fresh], progress=False)
-    assert fresh.steps == [1, 2, 3]
-    assert (ckpt / "checkpoint.stale.pt").is_file()
-    assert torch.load(ckpt / "checkpoint.pt", weights_only=True)["step"] == 3
+    # a checkpoint written under other params is set aside, never resumed nor deleted
+    assert (
+        training.set_aside_mismatched_checkpoint(ckpt, pretrain.run_config_hash(one, {}))
+        == ckpt / "checkpoint.stale.pt"
+    )
+    assert not (ckpt / "checkpoint.pt").exists() and (ckpt / "checkpoint.stale.pt").is_file()
 
 
-def test_interrupted_run_resumes_to_the_same_weights(shards, tmp_path):
+def test_interrupted_run_resumes_to_the_same_weights(base, shards, tmp_path):
     """Stopping after step 1 and resuming gives the weights of the uninterrupted 2-step run."""
     params = micro_params()
-    full = tmp_path / "full"
-    pretrain.run(params, shards, full, tmp_path / "ck-full", progress=False)
+    full = micro_pretrained(base)  # the same params, uninterrupted
 
     class Stop(Callback):
         def on_checkpoint(self, step, path):
