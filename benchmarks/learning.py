@@ -105,7 +105,10 @@ def training_stages(data: Path, run: Path, params: Path, log: Path) -> dict[str,
              "--params", str(params), "--no-flow", "--no-progress"],
             log,
         )  # fmt: skip
+    heads = json.loads((run / "models" / "pretrain" / "config.json").read_text())["heads"]
     for ds in DATASETS:
+        if ds not in ("ssv2", "charades") and ds not in heads:
+            continue  # e.g. imagenet after video-only pretraining: no head to evaluate
         model = run / "models" / (ds if ds in ("ssv2", "charades") else "pretrain")
         times[f"evaluate@{ds}"] = _run(
             [py, "-m", "pipelines.evaluate", ds, "--model", str(model), "--shards", str(shards / ds),
@@ -136,7 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     for name, params in variants:
         run = workspace / name
         times = training_stages(data, run, Path(params).resolve(), log)
-        metrics = {ds: json.loads((run / "metrics" / f"{ds}.json").read_text()) for ds in DATASETS}
+        metrics = {
+            ds: json.loads((run / "metrics" / f"{ds}.json").read_text())
+            for ds in DATASETS
+            if (run / "metrics" / f"{ds}.json").is_file()
+        }
         timing = {
             p.stem: json.loads(p.read_text()) for p in sorted((run / "metrics" / "timing").glob("*.json"))
         }
