@@ -136,7 +136,7 @@ def run(
     params: Params,
     name: str,
     model_dir: Path,
-    shards: Path,
+    shards: str | Path,
     metrics: Path,
     plots: Path | None,
     timing: Path | None = None,
@@ -257,7 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--model", type=Path, required=True, help="model folder (models/pretrain or models/<ds>)"
     )
-    parser.add_argument("--shards", type=Path, required=True, help="shards/<ds>")
+    parser.add_argument(
+        "--shards", type=str, required=True, help="shards/<ds>, or a URL such as s3://bucket/shards/<ds>"
+    )
     parser.add_argument("--metrics", type=Path, required=True, help="metrics JSON (metrics/<ds>.json)")
     parser.add_argument("--plots", type=Path, default=None, help="plot data folder (plots/<ds>)")
     parser.add_argument(

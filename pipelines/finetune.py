@@ -120,7 +120,7 @@ def run(
     params: Params,
     name: str,
     pretrained: Path,
-    shards: Path,
+    shards: str | Path,
     out: Path,
     checkpoints: Path | None,
     live: Path | None = None,
@@ -154,11 +154,7 @@ def run(
     model = prepare_model(bundle, name, meta.num_classes, fcfg)
     n_params = sum(p.numel() for p in model.parameters())
     weights_sha = sha256_file(Path(pretrained) / training.MODEL_FILE)
-    fcfg_hashed = {
-        k: v
-        for k, v in to_dict(fcfg).items()
-        if k not in ("device", "compile", "checkpoint_every", "eval_every")
-    }
+    fcfg_hashed = training.hashable_config(fcfg)
     chash = config_hash(fcfg_hashed, to_dict(bundle.config), weights_sha, training.data_fingerprint([meta]))
 
     resuming = False
@@ -290,7 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--pretrained", type=Path, required=True, help="pretrained model folder (models/pretrain)"
     )
-    parser.add_argument("--shards", type=Path, required=True, help="shards/<ds>")
+    parser.add_argument(
+        "--shards", type=str, required=True, help="shards/<ds>, or a URL such as s3://bucket/shards/<ds>"
+    )
     parser.add_argument("--out", type=Path, required=True, help="model folder (models/<ds>)")
     parser.add_argument(
         "--checkpoints", type=Path, required=True, help="checkpoint folder (checkpoints/<ds>)"

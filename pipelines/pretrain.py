@@ -38,7 +38,6 @@ from prefect.cache_policies import NO_CACHE
 
 from pipelines import training
 from pipelines.params import Params, load_params_or_exit
-from tubevit.config.base import to_dict
 from tubevit.config.data import LoaderConfig
 from tubevit.config.model import build_model
 from tubevit.data.shards import JointBatches, eval_loader, step_counts, train_loader
@@ -55,15 +54,19 @@ log = logging.getLogger(__name__)
 STAGE = "pretrain"
 
 
+def _join(base: str | Path, name: str) -> str:
+    """``base/name`` as text: a URL such as ``s3://bucket/shards`` keeps its ``//`` (pathlib folds it)."""
+    return f"{str(base).rstrip('/')}/{name}"
+
+
 def run_config_hash(params: Params, fingerprints: dict[str, str]) -> str:
     """What a resumable checkpoint must match: model and pretrain params and the training data.
 
-    ``device``, ``compile``, ``checkpoint_every`` and ``eval_every`` do not change the trained weights on
-    one device and are left out, so changing them keeps the checkpoint.
+    Execution-only keys (:data:`training.EXECUTION_KEYS`: device, compile, checkpoint_every, eval_every,
+    nproc, and each loader's workers and cache_mb) do not change the trained weights on one device and are
+    left out, so changing them keeps the checkpoint.
     """
-    pcfg = to_dict(params.pretrain)
-    for key in ("device", "compile", "checkpoint_every", "eval_every"):
-        pcfg.pop(key, None)
+    pcfg = training.hashable_config(params.pretrain)
     classes = {name: params.datasets[name].multilabel for name in params.pretrain.datasets}
     return config_hash(params.model, pcfg, classes, fingerprints)
 
@@ -151,7 +154,7 @@ def make_validation(
 
 def run(
     params: Params,
-    shards: Path,
+    shards: str | Path,
     out: Path,
     checkpoints: Path | None,
     live: Path | None = None,
@@ -187,13 +190,13 @@ def run(
         int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
     )
     metas = {
-        name: training.dataset_meta(Path(shards) / name, name, "train", params.dataset(name))
+        name: training.dataset_meta(_join(shards, name), name, "train", params.dataset(name))
         for name in weights
     }
     metas_val = {}
     for name in weights:
         with contextlib.suppress(FileNotFoundError):
-            metas_val[name] = training.dataset_meta(Path(shards) / name, name, "val", params.dataset(name))
+            metas_val[name] = training.dataset_meta(_join(shards, name), name, "val", params.dataset(name))
     heads = {name: meta.num_classes for name, meta in metas.items()}
     chash = run_config_hash(params, training.data_fingerprint(list(metas.values())))
 
@@ -343,7 +346,10 @@ def pretrain_flow(params: Params, paths: dict[str, Path | None], argv: list[str]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipelines.pretrain", description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--shards", type=Path, required=True, help="folder of <ds>/train/index.json (shards/)"
+        "--shards",
+        type=str,
+        required=True,
+        help="folder or URL of <ds>/train/index.json (shards/, s3://bucket/shards)",
     )
     parser.add_argument("--out", type=Path, required=True, help="model folder (models/pretrain)")
     parser.add_argument(

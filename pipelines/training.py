@@ -127,6 +127,30 @@ def dataset_meta(shards: str | Path, name: str, split: str, cfg: DatasetConfig) 
     )
 
 
+EXECUTION_KEYS = ("device", "compile", "checkpoint_every", "eval_every", "nproc")
+"""Top-level keys of a pretrain/finetune config that say how a run executes, not what it learns."""
+LOADER_EXECUTION_KEYS = ("workers", "cache_mb")
+"""Loader keys left out of the checkpoint hash. ``cache_mb`` never changes a batch. ``workers`` changes the
+sample order (each worker draws its own shards), so a resume with another worker count continues training
+with a different order: still a valid run, but not bitwise the uninterrupted one."""
+
+
+def hashable_config(cfg: Any) -> dict[str, Any]:
+    """``to_dict(cfg)`` of a pretrain or finetune config without the execution-only keys
+    (:data:`EXECUTION_KEYS`, and :data:`LOADER_EXECUTION_KEYS` in each loader), for the checkpoint hash:
+    changing them keeps a checkpoint."""
+    out = {k: v for k, v in to_dict(cfg).items() if k not in EXECUTION_KEYS}
+    loader = out.get("loader")
+    if isinstance(loader, Mapping) and "frames" in loader:  # finetune: one loader
+        out["loader"] = {k: v for k, v in loader.items() if k not in LOADER_EXECUTION_KEYS}
+    elif isinstance(loader, Mapping):  # pretrain: one loader per dataset
+        out["loader"] = {
+            name: {k: v for k, v in lc.items() if k not in LOADER_EXECUTION_KEYS}
+            for name, lc in loader.items()
+        }
+    return out
+
+
 def data_fingerprint(metas: Sequence[DatasetMeta]) -> dict[str, str]:
     """Per dataset, the SHA-256 of its split's ``index.json`` (shard names, sha256s, classes, total)."""
     out = {}

@@ -125,6 +125,10 @@ class LoaderConfig:
     randaugment_magnitude: int = 10  # on the 0..10 scale (num_magnitude_bins=11)
     temporal_views: int = 1  # evaluation: uniform temporal views
     spatial_views: int = 1  # evaluation: 1 (centre) or 3 crops along the long side
+    # Training: keep each decoded video (all frames, uint8) in memory, up to this many MiB per loader, so
+    # later epochs only slice a window and crop. 0 = off (decode every sample). Effective with workers: 0
+    # (the cache lives in the training process; workers > 0 start each epoch from an empty copy).
+    cache_mb: int = 0
 
     def __post_init__(self) -> None:
         check(self.frames >= 1, "frames", f"must be >= 1, got {self.frames}")
@@ -136,3 +140,4 @@ class LoaderConfig:
         check(0 <= self.randaugment_magnitude <= 10, "randaugment_magnitude", "must be in [0, 10]")
         check(self.temporal_views >= 1, "temporal_views", f"must be >= 1, got {self.temporal_views}")
         check(self.spatial_views in (1, 3), "spatial_views", f"must be 1 or 3, got {self.spatial_views}")
+        check(self.cache_mb >= 0, "cache_mb", f"must be >= 0 MiB, got {self.cache_mb}")

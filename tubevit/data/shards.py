@@ -17,6 +17,9 @@ Training (:class:`ClipLoader` from :func:`train_loader`)
     Data order is a pure function of (seed, epoch, rank, worker count, batch index); each sample's
     augmentation is a pure function of (seed, epoch, ``__key__``). Resume: ``start_batch`` skips the
     samples of the batches already consumed, before decoding (data position = step count).
+    ``LoaderConfig.cache_mb > 0`` keeps each decoded video (all frames) in memory across epochs
+    (:class:`DecodedCache`, per loader, in the process that decodes): later reads slice the same window
+    from memory, so batches are identical with and without the cache.
 Evaluation (:func:`eval_loader`)
     The shard list (not resampled) split by rank, then by worker: every sample is read exactly once
     across ranks x workers. Gather predictions by ``key`` and check with :func:`check_complete` against
@@ -52,12 +55,13 @@ import webdataset as wds
 
 from tubevit.config.data import LoaderConfig
 from tubevit.data.transforms import EvalTransform, TrainTransform, sample_seed
-from tubevit.data.video import DecodeError, decode_clip_eval, decode_clip_train
+from tubevit.data.video import DecodeError, decode_all, decode_clip_eval, decode_clip_train, train_indices
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "ClipLoader",
+    "DecodedCache",
     "JointBatches",
     "check_complete",
     "dataset_for_step",
@@ -266,10 +270,49 @@ def _video_label(meta: dict, num_classes: int, multilabel: bool) -> torch.Tensor
     return torch.tensor(int(meta["label"]), dtype=torch.int64)
 
 
+class DecodedCache:
+    """Decoded media of training samples, kept in memory up to ``max_bytes``: (shard URL, key) -> uint8
+    ``(N, H, W, C)`` (every frame of a video; an image is ``(1, H, W, C)``).
+
+    A sample that does not fit any more is decoded again each time it is read; nothing is evicted, so
+    the cached set does not depend on the order of reads beyond the first epoch's. Cached or not, a
+    sample gives the same frames (:func:`~tubevit.data.video.decode_all` equals a window's decode).
+    """
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = int(max_bytes)
+        self.bytes = 0
+        self.items: dict[tuple[str, str], np.ndarray] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, url: str, key: str, decode: Callable[[], np.ndarray]) -> np.ndarray:
+        """The cached array of (url, key), or ``decode()`` (kept if it fits the budget)."""
+        found = self.items.get((url, key))
+        if found is not None:
+            self.hits += 1
+            return found
+        self.misses += 1
+        array = decode()
+        if self.bytes + array.nbytes <= self.max_bytes:
+            self.items[(url, key)] = array
+            self.bytes += array.nbytes
+        return array
+
+
 class _TrainSample:
     """Decode + augment one training sample (runs in the worker)."""
 
-    def __init__(self, lcfg: LoaderConfig, num_classes: int, multilabel: bool, seed: int, epoch: int):
+    def __init__(
+        self,
+        lcfg: LoaderConfig,
+        num_classes: int,
+        multilabel: bool,
+        seed: int,
+        epoch: int,
+        cache: DecodedCache | None = None,
+    ):
+        self.cache = cache
         self.frames = lcfg.frames
         self.num_classes = num_classes
         self.multilabel = multilabel
@@ -291,8 +334,14 @@ class _TrainSample:
         ext, data = _media(sample)
         s = sample_seed(self.seed, self.epoch, key)
         rng = random.Random(s)
+        url = str(sample.get("__url__"))
         if ext == "mp4":
-            frames, start, _ = decode_clip_train(data, self.frames, rng, name)
+            if self.cache is not None:
+                video = self.cache.get(url, key, lambda: decode_all(data, name))
+                idx = train_indices(len(video), self.frames, rng)  # the rng draws of decode_clip_train
+                frames, start = video[idx], int(idx[0])
+            else:
+                frames, start, _ = decode_clip_train(data, self.frames, rng, name)
             if self.multilabel and meta.get("actions") is not None:
                 fps = float(meta["fps"])
                 classes = window_classes(meta["actions"], start / fps, (start + self.frames) / fps)
@@ -300,7 +349,10 @@ class _TrainSample:
             else:
                 label = _video_label(meta, self.num_classes, self.multilabel)
         else:
-            frames = _decode_image(data, name)
+            if self.cache is not None:
+                frames = self.cache.get(url, key, lambda: _decode_image(data, name))
+            else:
+                frames = _decode_image(data, name)
             label = _video_label(meta, self.num_classes, self.multilabel)
         video = self.transform(frames, rng.getrandbits(63))  # (C, T, H, W)
         return {"video": video, "label": label, "key": key}
@@ -396,6 +448,8 @@ class ClipLoader:
         self.world_size = world_size
         self.epoch = epoch
         self.start_batch = start_batch
+        # decoded media kept across epochs (in this process: see LoaderConfig.cache_mb)
+        self.cache = DecodedCache(lcfg.cache_mb * 1024 * 1024) if lcfg.cache_mb > 0 else None
 
     def __len__(self) -> int:
         return self.epoch_batches
@@ -415,7 +469,7 @@ class ClipLoader:
             _seeded_shuffle(lcfg.shuffle_buffer, sample_seed(self.seed, epoch), self.rank, start_batch),
             _skip_consumed(start_batch, lcfg.batch_size),
             wds.map(
-                _TrainSample(lcfg, self.num_classes, self.multilabel, self.seed, epoch),
+                _TrainSample(lcfg, self.num_classes, self.multilabel, self.seed, epoch, self.cache),
                 handler=_warn_and_continue,
             ),
             wds.batched(lcfg.batch_size, collation_fn=_Collate(self.dataset), partial=False),

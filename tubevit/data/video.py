@@ -22,7 +22,14 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DecodeError", "decode_frames", "eval_indices", "frame_count", "train_indices"]
+__all__ = [
+    "DecodeError",
+    "decode_all",
+    "decode_frames",
+    "eval_indices",
+    "frame_count",
+    "train_indices",
+]
 
 
 class DecodeError(ValueError):
@@ -96,6 +103,16 @@ def decode_with_reader(vr, indices, name: str = "video") -> np.ndarray:
     except Exception as exc:
         raise DecodeError(f"{name}: decoding frames failed ({exc})") from None
     return frames[inverse].reshape(*indices.shape, *frames.shape[1:])
+
+
+def decode_all(data: bytes, name: str = "video") -> np.ndarray:
+    """Every frame of the mp4 ``data``: uint8 ``(N, H, W, C)`` (RGB), N = the video's frame count.
+
+    The frames equal :func:`decode_frames` of any subset of indices (the decoder is deterministic), so a
+    window sliced from this array is the window :func:`decode_clip_train` decodes.
+    """
+    vr = _reader(data, name)
+    return decode_with_reader(vr, np.arange(len(vr)), name)
 
 
 def decode_clip_train(

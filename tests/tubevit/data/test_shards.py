@@ -273,3 +273,50 @@ def test_shard_urls_refuse_names_that_are_not_plain_files(tmp_path):
             shard_urls(tmp_path / "index.json")
     with pytest.raises(ValueError, match="refusing to read an index through a pipe"):
         shard_urls("pipe:cat index.json")
+
+
+def test_decoded_cache_gives_the_same_batches_and_decodes_once(root):
+    """cache_mb > 0: each video is decoded once per loader (all frames), later epochs slice it from memory;
+    the batches equal those of the uncached loader, augmentation included (video and image sets)."""
+    for ds, lcfg, classes in (("kinetics", AUG, 3), ("imagenet", replace(AUG, frames=1), 2)):
+        plain = _loader(root, lcfg, ds=ds, num_classes=classes, epoch_batches=2)
+        cached = _loader(root, replace(lcfg, cache_mb=64), ds=ds, num_classes=classes, epoch_batches=2)
+        for _epoch in range(3):
+            a, b = list(plain), list(cached)
+            assert len(a) == len(b) == 2
+            for x, y in zip(a, b, strict=True):
+                assert x["key"] == y["key"] and torch.equal(x["video"], y["video"]), ds
+                assert torch.equal(x["label"], y["label"])
+        cache = cached.cache
+        total = read_index(root / ds / "train" / "index.json")["total"]
+        assert 0 < len(cache.items) <= total and cache.misses == len(cache.items), ds
+        assert cache.hits + cache.misses >= 3 * 2 * lcfg.batch_size, ds  # (+ the samples read ahead)
+        assert cache.hits > 0, ds
+        shapes = {v.shape[0] for v in cache.items.values()}  # whole videos (N frames), images 1 frame
+        metas = _metas(root, ds, "train")
+        if ds == "kinetics":
+            for (_url, key), video in cache.items.items():
+                assert video.dtype == np.uint8 and video.shape[0] == metas[key]["frames"]
+        else:
+            assert shapes == {1}
+        assert cache.bytes == sum(v.nbytes for v in cache.items.values())
+
+
+def test_decoded_cache_respects_its_budget(root):
+    from tubevit.data.shards import DecodedCache
+
+    cache = DecodedCache(max_bytes=100)
+    calls = []
+
+    def decode(n):
+        calls.append(n)
+        return np.zeros(n, dtype=np.uint8)
+
+    assert cache.get("u", "a", lambda: decode(60)).shape == (60,)
+    assert cache.get("u", "b", lambda: decode(60)).shape == (60,)  # over budget: not kept
+    cache.get("u", "a", lambda: decode(60))
+    cache.get("u", "b", lambda: decode(60))
+    assert calls == [60, 60, 60] and cache.bytes == 60 and list(cache.items) == [("u", "a")]
+    assert (cache.hits, cache.misses) == (1, 3)
+    with pytest.raises(ValueError, match="cache_mb"):
+        LoaderConfig(cache_mb=-1)
