@@ -396,6 +396,25 @@ _EMBEDDED = (
 _EMBEDDED_KERNELS = ((8, 8, 8), (16, 4, 4), (2, 16, 16), (1, 8, 8))
 
 
+# Embedded default on a CPU (16 frames of 32x32, the `nano` model): two dense tubes, measured to learn
+# motion much sooner than `embedded` (whose 3D tubes are spatially sparse: 2x2-4x4 pixel kernels at stride
+# 16 see 1/16-1/64 of the frame, and the model learns colour alone for hundreds of steps; docs/results.md).
+# - frame 0 as 8x8 patches (the image tube, as the paper's 1x16x16 at stride 16 on 224^2 is 14x14 patches
+#   of frame 0; here 4x4 patches of a 32^2 frame): 16 tokens, also an image's 16 tokens;
+# - 8x8x8 tubes tiling the clip (stride = kernel, the paper's 8x8x8 kernel at our scale): every pixel of
+#   every frame is in exactly one tube, so every motion is seen. 16x32^2: 2x4x4 = 32 tokens; 8x32^2 (micro
+#   tests): 16 tokens.
+# In all 48 tokens at 16x32^2 (32 at 8x32^2). At 16x64^2: 64 + 128 = 192.
+_EMBEDDED32 = (
+    TubeSpec((1, 8, 8), (32, 8, 8), (0, 0, 0)),
+    TubeSpec((8, 8, 8), (8, 8, 8), (0, 0, 0)),
+)
+# Charades fine-tuning: the 3D kernel enlarged x2 on every axis (8x8x8 -> 16x16x16, as the paper's
+# 8x8x8 -> 16x16x16), the image tube unchanged; strides, tokens and parameters unchanged (DESIGN.md
+# "Interpolated kernels").
+_EMBEDDED32_KERNELS = ((1, 8, 8), (16, 16, 16))
+
+
 def _interpolated(base: Sequence[TubeSpec], kernels: Sequence[Triple]) -> tuple[TubeSpec, ...]:
     return tuple(
         TubeSpec(k, s.stride, s.offset, s.s2d, learned_kernel=s.weight_kernel)
@@ -441,6 +460,8 @@ TUBE_SETS: dict[str, tuple[TubeSpec, ...]] = {
     "charades_interpolated": _interpolated(_PAPER, _CHARADES_KERNELS),
     "embedded": _EMBEDDED,
     "embedded_interpolated": _interpolated(_EMBEDDED, _EMBEDDED_KERNELS),
+    "embedded32": _EMBEDDED32,
+    "embedded32_interpolated": _interpolated(_EMBEDDED32, _EMBEDDED32_KERNELS),
 }
 TABLE5_RESULTS: dict[str, float | None] = {}
 """K600 top-1 of each Table 5 configuration, by its numbered name (``None``: not in the table)."""
@@ -464,7 +485,8 @@ def dense_tubes(kernel: Triple = (2, 16, 16)) -> tuple[TubeSpec, ...]:
 
 def get_tube_set(name: str) -> tuple[TubeSpec, ...]:
     """The named tube set: ``paper`` (supplement Table 3), ``charades_interpolated``, ``embedded``,
-    ``embedded_interpolated``, ``table5_1`` ... ``table5_8`` (or their aliases such as
+    ``embedded_interpolated``, ``embedded32`` (the embedded default at 32^2), ``embedded32_interpolated``,
+    ``table5_1`` ... ``table5_8`` (or their aliases such as
     ``table5_aiv_dv_eiv_fv``) and ``dense`` (2x16x16 tubelets).
 
     Raises:

@@ -191,7 +191,12 @@ def test_resize_kernel_keeps_constant_response_for_integer_factors():
 
 
 @pytest.mark.parametrize(
-    ("base", "interp"), [("paper", "charades_interpolated"), ("embedded", "embedded_interpolated")]
+    ("base", "interp"),
+    [
+        ("paper", "charades_interpolated"),
+        ("embedded", "embedded_interpolated"),
+        ("embedded32", "embedded32_interpolated"),
+    ],
 )
 def test_interpolation_keeps_params_tokens_and_constant_response(base, interp):
     torch.manual_seed(0)
@@ -261,6 +266,29 @@ def test_embedded_set_sizes():
     tok = SparseTubeTokenizer(emb, 64)
     assert tok(torch.randn(2, 3, 1, 64, 64)).shape == (2, 64, 64)
     assert tok(torch.randn(2, 3, 8, 64, 64)).shape == (2, sum(at8), 64)
+
+
+def test_embedded32_set_sizes():
+    """The embedded default's dense set at 32^2: frame 0 as 8x8 patches + 8x8x8 tubes tiling the clip."""
+    emb = get_tube_set("embedded32")
+    assert [(s.kernel, s.stride, s.offset) for s in emb] == [
+        ((1, 8, 8), (32, 8, 8), (0, 0, 0)),
+        ((8, 8, 8), (8, 8, 8), (0, 0, 0)),
+    ]
+    assert token_counts(emb, 16, 32, 32) == [16, 32]  # 48 tokens
+    assert token_counts(emb, 8, 32, 32) == [16, 16]  # a video tube at 8 frames (micro tests)
+    assert token_counts(emb, 1, 32, 32) == [16, 0]  # an image: 4x4 patches
+    interp = get_tube_set("embedded32_interpolated")
+    assert [s.kernel for s in interp] == [(1, 8, 8), (16, 16, 16)]
+    assert [s.weight_kernel for s in interp] == [(1, 8, 8), (8, 8, 8)]
+    tok = SparseTubeTokenizer(emb, 64)
+    x = torch.randn(2, 3, 16, 32, 32)
+    out = tok(x)
+    assert out.shape == (2, 48, 64)
+    # the second tube's first token is the conv of frames 0-7, rows/cols 0-7 (stride = kernel: tiling)
+    conv = tok.tubes[1].proj
+    expected = torch.nn.functional.conv3d(x[:, :, :8, :8, :8], conv.weight, conv.bias).flatten(1)
+    torch.testing.assert_close(out[:, 16], expected)
 
 
 def test_parse_tubes_and_errors():
