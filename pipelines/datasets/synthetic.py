@@ -17,6 +17,9 @@ any time index has the same distribution in both classes, the first frame includ
 - SSv2-like: 10 classes = 5 exact time-reversal pairs (left/right, up/down, diagonal, grow/shrink, orbit
   clockwise/anticlockwise). Class ``2k+1`` is the frames of a class-``2k`` clip in reverse order. Every motion is
   stationary in distribution, so all ten classes have the same single-frame distribution (static = chance).
+- Shots (``cfg.shot_seconds > 0``, Kinetics- and SSv2-like): a long video is a sequence of shots, each
+  with a new background and a new random object of the same class (a cut, as in real videos), so one file
+  (one ffmpeg launch) holds several independent examples. Every frame keeps the one-shot distribution.
 - ImageNet-like: still images of the same objects, 6 classes = colour family x size (small, large).
 - Charades-like: videos of ``cfg.seconds`` with 1-3 actions each; an action is one Kinetics-like (colour,
   motion) object visible from its start to its end time. Multi-label, 12 classes.
@@ -201,22 +204,64 @@ def _render(sprites: list[Sprite], background: np.ndarray, n_frames: int, fps: f
     return frames
 
 
-def kinetics_clip(
-    rng: np.random.Generator, colour: str, motion: str, size: int, n_frames: int, fps: float
+def _shots(n_frames: int, fps: float, shot_seconds: float) -> list[tuple[int, int]]:
+    """Frame ranges ``[a, b)`` of the shots of a video: one per ``shot_seconds`` (0: a single shot)."""
+    if shot_seconds <= 0:
+        return [(0, n_frames)]
+    length = max(1, round(shot_seconds * fps))
+    return [(a, min(a + length, n_frames)) for a in range(0, n_frames, length)]
+
+
+def _render_shots(
+    rng: np.random.Generator,
+    size: int,
+    motion: str,
+    hue: float | None,
+    n_frames: int,
+    fps: float,
+    shot: float,
 ) -> np.ndarray:
-    """A Kinetics-like clip: one ``colour`` object doing ``motion``. Returns (T, H, W, 3) uint8, T = n_frames."""
-    background = _background(rng, size)
-    return _render([Sprite.random(rng, size, motion, COLOURS[colour])], background, n_frames, fps)
+    """(T, H, W, 3) uint8: each shot a new background and a new ``Sprite.random`` doing ``motion``.
+
+    Every frame of a shot has the single-frame distribution of a one-shot clip (the sprite's phase and
+    position are uniform whatever the time), so shots keep the "no single frame reveals the class"
+    property; a shot boundary is a cut between two examples of the same class.
+    """
+    frames = np.empty((n_frames, size, size, 3), dtype=np.uint8)
+    for a, b in _shots(n_frames, fps, shot):
+        background = _background(rng, size)
+        sprite = Sprite.random(rng, size, motion, hue)
+        frames[a:b] = _render([sprite], background, b - a, fps)
+    return frames
 
 
-def ssv2_clip(rng: np.random.Generator, label: int, size: int, n_frames: int, fps: float) -> np.ndarray:
+def kinetics_clip(
+    rng: np.random.Generator,
+    colour: str,
+    motion: str,
+    size: int,
+    n_frames: int,
+    fps: float,
+    shot_seconds: float = 0.0,
+) -> np.ndarray:
+    """A Kinetics-like clip: one ``colour`` object doing ``motion``. Returns (T, H, W, 3) uint8, T = n_frames.
+
+    With ``shot_seconds > 0`` a new object (same colour family and motion) and background start every
+    ``shot_seconds``: several independent examples of the class in one video.
+    """
+    return _render_shots(rng, size, motion, COLOURS[colour], n_frames, fps, shot_seconds)
+
+
+def ssv2_clip(
+    rng: np.random.Generator, label: int, size: int, n_frames: int, fps: float, shot_seconds: float = 0.0
+) -> np.ndarray:
     """An SSv2-like clip of class ``label`` (0..9): (T, H, W, 3) uint8.
 
     Class ``2k`` is base motion ``SSV2_MOTIONS[k]``; class ``2k+1`` is a class-``2k`` clip drawn from the same
-    random numbers with its frames in reverse order (an exact time reversal).
+    random numbers with its frames in reverse order (an exact time reversal, shots included). With
+    ``shot_seconds > 0`` a new object and background start every ``shot_seconds``.
     """
-    background = _background(rng, size)
-    frames = _render([Sprite.random(rng, size, SSV2_MOTIONS[label // 2])], background, n_frames, fps)
+    frames = _render_shots(rng, size, SSV2_MOTIONS[label // 2], None, n_frames, fps, shot_seconds)
     return frames[::-1].copy() if label % 2 else frames
 
 
@@ -371,7 +416,8 @@ def _kinetics(root: Path, cfg: SyntheticConfig) -> tuple[list[_Job], dict[str, s
             path = root / split_name / f"{vid}.mp4"
 
             def work(rng=rng, colour=colour, motion=motion, path=path) -> None:
-                encode_video(kinetics_clip(rng, colour, motion, cfg.size, n_frames, cfg.fps), path, cfg.fps)
+                clip = kinetics_clip(rng, colour, motion, cfg.size, n_frames, cfg.fps, cfg.shot_seconds)
+                encode_video(clip, path, cfg.fps)
 
             jobs.append(_Job(path, work))
         buffer = io.StringIO()
@@ -477,7 +523,9 @@ def _ssv2(root: Path, cfg: SyntheticConfig) -> tuple[list[_Job], dict[str, str]]
             path = root / "20bn-something-something-v2" / f"{vid}.webm"
 
             def work(rng=rng, label=int(label), path=path) -> None:
-                encode_video(ssv2_clip(rng, label, cfg.size, n_frames, cfg.fps), path, cfg.fps)
+                encode_video(
+                    ssv2_clip(rng, label, cfg.size, n_frames, cfg.fps, cfg.shot_seconds), path, cfg.fps
+                )
 
             jobs.append(_Job(path, work))
         texts[file] = json.dumps(entries, indent=1) + "\n"

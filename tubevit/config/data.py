@@ -26,6 +26,9 @@ class SyntheticConfig:
     seconds: float = 2.0  # clip length (Charades-like: the whole video; ~30 s at paper scale)
     fps: float = 30.0  # source frame rate
     seed: int = 0
+    # Kinetics- and SSv2-like videos: a new shot (new object, shade, speed, background; same class) every
+    # this many seconds, so one long video holds several independent examples. 0 = one shot.
+    shot_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         check(self.train >= 1, "train", f"must be >= 1, got {self.train}")
@@ -33,6 +36,7 @@ class SyntheticConfig:
         check(self.size >= 16, "size", f"must be >= 16 pixels, got {self.size}")
         check(self.seconds > 0, "seconds", f"must be > 0, got {self.seconds}")
         check(self.fps > 0, "fps", f"must be > 0, got {self.fps}")
+        check(self.shot_seconds >= 0, "shot_seconds", f"must be >= 0 seconds, got {self.shot_seconds}")
 
 
 @dataclass(frozen=True)

@@ -205,6 +205,40 @@ def test_ssv2_reversed_class_is_exact_time_reversal_and_needs_time(capsys):
     assert temporal > 0.97
 
 
+def test_shots_are_independent_examples_of_the_class(capsys):
+    """shot_seconds > 0: a new background and object every shot; a shot's frames keep the class's motion;
+    the SSv2 reversal stays exact; single frames (any shot) still do not tell a pair apart."""
+    n, fps, shot = 40, 10.0, 1.0  # 4 shots of 10 frames
+    assert syn._shots(n, fps, shot) == [(0, 10), (10, 20), (20, 30), (30, 40)]
+    assert syn._shots(n, fps, 0.0) == [(0, 40)]
+    assert syn._shots(25, fps, shot) == [(0, 10), (10, 20), (20, 25)]
+    video = syn.kinetics_clip(np.random.default_rng(3), "red", "right", SIZE, n, fps, shot)
+    assert video.shape == (n, SIZE, SIZE, 3) and video.dtype == np.uint8
+    backgrounds = [int(np.bincount(video[a, ..., 0].ravel()).argmax()) for a in (0, 10, 20, 30)]
+    within = [np.abs(video[a].astype(int) - video[a + 1]).mean() for a in range(0, n - 1) if (a + 1) % 10]
+    across = [np.abs(video[a - 1].astype(int) - video[a]).mean() for a in (10, 20, 30)]
+    assert len(set(backgrounds)) > 1, backgrounds  # new background per shot (a random level each)
+    assert min(across) > max(within), (across, max(within))  # cuts only at shot boundaries
+    # one shot (shot_seconds=0) is the former single-object clip: same random draws, same frames
+    one = syn.kinetics_clip(np.random.default_rng(3), "red", "right", SIZE, n, fps)
+    np.testing.assert_array_equal(one[:10], video[:10])
+    assert not np.array_equal(one[10:], video[10:])
+    for k in range(5):
+        forward = syn.ssv2_clip(np.random.default_rng(7), 2 * k, SIZE, n, fps, shot)
+        backward = syn.ssv2_clip(np.random.default_rng(7), 2 * k + 1, SIZE, n, fps, shot)
+        np.testing.assert_array_equal(backward, forward[::-1])
+    # left/right pair with shots: single frames at chance at the first frame and inside a later shot
+    a = clips(lambda rng: syn.ssv2_clip(rng, 0, SIZE, 20, fps, shot), N_PER_CLASS, 80)
+    b = clips(lambda rng: syn.ssv2_clip(rng, 1, SIZE, 20, fps, shot), N_PER_CLASS, 81)
+    y = np.array([0] * N_PER_CLASS + [1] * N_PER_CLASS)
+    single = [cv_accuracy(np.stack([single_frame_features(c[t]) for c in a + b]), y) for t in (0, 15)]
+    with capsys.disabled():
+        print(f"\nssv2 shots 0/1: single-frame acc at frames 0 and 15 {np.round(single, 3).tolist()}")
+    assert max(abs(s - 0.5) for s in single) < 0.1, single
+    with pytest.raises(ValueError, match="shot_seconds"):
+        SyntheticConfig(shot_seconds=-1.0)
+
+
 # ------------------------------------------------------------------------------------ files on disk
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory) -> Path:
