@@ -179,3 +179,64 @@ def test_torchrun_command_is_one_subprocess():
         "-m",
     ]
     assert cmd[6:] == ["pipelines.pretrain", "--shards", "s", "--params", "p.yaml", "--no-flow"]
+
+
+def test_config_hash_ignores_execution_keys_only():
+    """Changing device, compile, checkpoint/eval cadence, nproc or a loader's workers/cache keeps a
+    checkpoint; changing what is learned (lr, a loader's crop size) discards it."""
+    params = micro_params()
+    base = pretrain.run_config_hash(params, {})
+    pcfg = params.pretrain
+    loader = {
+        name: dataclasses.replace(lc, workers=lc.workers + 2, cache_mb=lc.cache_mb + 64)
+        for name, lc in pcfg.loader.items()
+    }
+    execution = dataclasses.replace(
+        pcfg,
+        device="cpu" if pcfg.device != "cpu" else "auto",
+        compile=not pcfg.compile,
+        checkpoint_every=pcfg.checkpoint_every + 7,
+        eval_every=pcfg.eval_every + 3,
+        nproc=pcfg.nproc + 1,
+        loader=loader,
+    )
+    assert pretrain.run_config_hash(dataclasses.replace(params, pretrain=execution), {}) == base
+    lr = dataclasses.replace(pcfg, optim=dataclasses.replace(pcfg.optim, lr=pcfg.optim.lr * 2))
+    assert pretrain.run_config_hash(dataclasses.replace(params, pretrain=lr), {}) != base
+    size = {n: dataclasses.replace(lc, size=lc.size // 2) for n, lc in pcfg.loader.items()}
+    assert (
+        pretrain.run_config_hash(
+            dataclasses.replace(params, pretrain=dataclasses.replace(pcfg, loader=size)), {}
+        )
+        != base
+    )
+    hashed = training.hashable_config(pcfg)
+    assert not {"device", "compile", "checkpoint_every", "eval_every", "nproc"} & set(hashed)
+    assert all(
+        "workers" not in lc and "cache_mb" not in lc and "frames" in lc for lc in hashed["loader"].values()
+    )
+
+
+def test_shards_url_is_kept_as_text_and_read_through_fsspec(shards, tmp_path):
+    """``--shards s3://bucket/shards`` stays a URL (pathlib would fold ``//``); a memory:// copy of the
+    micro shards trains through fsspec like the local folder, to the same weights."""
+    import fsspec
+
+    from tubevit.data.shards import register_fsspec_handlers
+
+    args = pretrain.build_parser().parse_args(
+        ["--shards", "s3://bucket/shards", "--out", "o", "--checkpoints", "c"]
+    )
+    assert args.shards == "s3://bucket/shards"
+    assert pretrain._join(args.shards, "kinetics") == "s3://bucket/shards/kinetics"
+    register_fsspec_handlers(["memory"])
+    fs = fsspec.filesystem("memory")
+    for path in shards.rglob("*"):
+        if path.is_file():
+            fs.pipe(f"/tubevit-test/{path.relative_to(shards).as_posix()}", path.read_bytes())
+    params = micro_params()
+    pretrain.run(params, "memory://tubevit-test", tmp_path / "url", None, None, None, progress=False)
+    pretrain.run(params, shards, tmp_path / "local", None, None, None, progress=False)
+    a = torch.load(tmp_path / "url" / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "local" / "model.pt", weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
