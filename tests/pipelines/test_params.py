@@ -278,4 +278,4 @@ def test_missing_file_and_undefined_stage_dataset_exit_2(tmp_path, capsys):
     ]
 
     params = load_params_or_exit(PARAMS, dataset="ssv2")
-    assert params.dataset("ssv2").fps == 24.0
+    assert params.dataset("ssv2").format == "ssv2"
