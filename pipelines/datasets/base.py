@@ -7,11 +7,12 @@ generator writes the same formats, so one adapter serves both.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SPLIT_ALIASES", "AnnotationError", "Item", "find_media", "normalise_split"]
+__all__ = ["SPLIT_ALIASES", "AnnotationError", "Item", "find_media", "normalise_split", "read_code_lines"]
 
 # Split names as the real datasets spell them -> the pipeline's names.
 # Kinetics-400 uses "val", Kinetics-700(-2020) "validate"; Charades calls its held-out split "test" (it is the
@@ -105,3 +106,27 @@ def find_media(root: Path, suffixes: tuple[str, ...] = VIDEO_SUFFIXES) -> dict[s
         if p.is_file():
             index.setdefault(p.stem, p.relative_to(root).as_posix())
     return index
+
+
+def read_code_lines(path: Path, valid: Callable[[str], bool], expected: str) -> list[tuple[str, str]]:
+    """Read a ``<code> <name>`` per line file (Charades classes, ImageNet synset mapping).
+
+    Blank lines are skipped. A line whose code fails ``valid`` or has no name, or a code that occurs
+    twice, raises :class:`AnnotationError` naming the file and line; ``expected`` describes the format
+    in that message (e.g. ``'cNNN <name>'``). Returns ``[(code, name), ...]`` in file order.
+    """
+    out: list[tuple[str, str]] = []
+    seen: dict[str, int] = {}
+    with open(path, encoding="utf-8") as f:
+        for line, text in enumerate(f, 1):
+            text = text.strip()
+            if not text:
+                continue
+            code, _, name = text.partition(" ")
+            if not valid(code) or not name.strip():
+                raise AnnotationError(path, f"expected {expected}, got {text!r}", line)
+            if code in seen:
+                raise AnnotationError(path, f"{code} occurs twice (first on line {seen[code]})", line)
+            seen[code] = line
+            out.append((code, name.strip()))
+    return out

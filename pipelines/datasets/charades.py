@@ -19,7 +19,7 @@ import csv
 import math
 from pathlib import Path
 
-from pipelines.datasets.base import AnnotationError, Item, find_media, normalise_split
+from pipelines.datasets.base import AnnotationError, Item, find_media, normalise_split, read_code_lines
 
 __all__ = ["CLASSES_FILE", "SPLIT_FILES", "class_codes", "class_names", "parse_actions", "read_items"]
 
@@ -37,22 +37,10 @@ def _find(root: Path, name: str) -> Path:
 
 
 def _classes(root: Path) -> list[tuple[str, str]]:
-    path = _find(root, CLASSES_FILE)
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for line, text in enumerate(f, 1):
-            text = text.strip()
-            if not text:
-                continue
-            code, _, name = text.partition(" ")
-            if not (len(code) >= 2 and code[0] == "c" and code[1:].isdigit()) or not name.strip():
-                raise AnnotationError(path, f"expected 'cNNN <name>', got {text!r}", line)
-            out.append((code, name.strip()))
-    codes = [c for c, _ in out]
-    if len(set(codes)) != len(codes):
-        dup = next(c for c in codes if codes.count(c) > 1)
-        raise AnnotationError(path, f"class code {dup} occurs twice")
-    return out
+    def valid(code: str) -> bool:
+        return len(code) >= 2 and code[0] == "c" and code[1:].isdigit()
+
+    return read_code_lines(_find(root, CLASSES_FILE), valid, "'cNNN <name>'")
 
 
 def class_codes(root: Path) -> list[str]:

@@ -14,7 +14,7 @@ import csv
 import re
 from pathlib import Path
 
-from pipelines.datasets.base import AnnotationError, Item, normalise_split
+from pipelines.datasets.base import AnnotationError, Item, normalise_split, read_code_lines
 
 __all__ = ["IMAGE_SUFFIXES", "MAPPING_FILE", "class_names", "read_items", "synset_words"]
 
@@ -35,19 +35,7 @@ def _mapping(root: Path) -> list[tuple[str, str]] | None:
     path = Path(root) / MAPPING_FILE
     if not path.is_file():
         return None
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for line, text in enumerate(f, 1):
-            text = text.strip()
-            if not text:
-                continue
-            synset, _, words = text.partition(" ")
-            if not SYNSET.match(synset):
-                raise AnnotationError(path, f"expected 'nXXXXXXXX <words>', got {text!r}", line)
-            out.append((synset, words.strip()))
-    if len({s for s, _ in out}) != len(out):
-        raise AnnotationError(path, "a synset occurs twice")
-    return out
+    return read_code_lines(path, lambda code: bool(SYNSET.match(code)), "'nXXXXXXXX <words>'")
 
 
 def class_names(root: Path) -> list[str]:

@@ -368,3 +368,25 @@ def test_imagenet_unknown_synset_and_missing_folder(tmp_path: Path):
     write(tmp_path / "val" / "ILSVRC2012_val_00000001.JPEG")
     with pytest.raises(AnnotationError, match=r"images directly in .* but no LOC_val_solution.csv"):
         imagenet.read_items(tmp_path, "val")
+
+
+def test_code_line_files_name_the_bad_line_and_duplicates(tmp_path):
+    from pipelines.datasets import get_adapter
+    from pipelines.datasets.base import AnnotationError
+
+    root = tmp_path / "charades"
+    root.mkdir()
+    (root / "Charades_v1_classes.txt").write_text(
+        "c000 Holding some clothes\n\nc001 Putting clothes somewhere\n"
+    )
+    assert get_adapter("charades").class_names(root) == ["Holding some clothes", "Putting clothes somewhere"]
+    (root / "Charades_v1_classes.txt").write_text("c000 Holding some clothes\nc000 Again\n")
+    with pytest.raises(
+        AnnotationError, match=r"Charades_v1_classes.txt:2: c000 occurs twice \(first on line 1\)"
+    ):
+        get_adapter("charades").class_names(root)
+    (root / "Charades_v1_classes.txt").write_text("c000 Holding\nx01 Bad code\n")
+    with pytest.raises(
+        AnnotationError, match=r"Charades_v1_classes.txt:2: expected 'cNNN <name>', got 'x01 Bad code'"
+    ):
+        get_adapter("charades").class_names(root)
