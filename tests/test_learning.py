@@ -5,13 +5,14 @@ wide margin on Kinetics-like and SSv2-like data and beats the label prior on Cha
 Seeded and deterministic (one torch thread). Clips come straight from ``pipelines.datasets.synthetic``
 in memory (16 frames of 32^2, SSv2-like sampled at 12 fps so that 16 frames span 1.3 s; the encode/decode path has its own tests), so the budget goes to training:
 Kinetics-like pretraining, then a new SSv2-like head fine-tuned from it, then a Charades-like multi-label
-head with BCE. The tube set is a cheaper sibling of the embedded default's ``embedded32`` set: frame 0 as
-8x8 patches plus one 8x8x8 tube over frames 4-11 (32 tokens, against embedded32's 48 with 8x8x8 tubes
-tiling all 16 frames), so the test fits its budget; the full default's numbers are in docs/results.md.
+head with BCE (700 / 700 / 200 steps). The tube set is the embedded default's ``embedded32`` (frame 0 as
+8x8 patches plus 8x8x8 tubes tiling the clip: 48 tokens). Measured: Kinetics 0.550, SSv2 0.392 (static
+0.142), Charades mAP 0.448 (prior 0.163), 74 s on a quiet machine; the full default's numbers (0.975 /
+0.938 / 0.701) are in docs/results.md.
 
 What the assertions mean:
 - Kinetics-like (12 classes = 3 colours x 4 motions): chance is 1/12; a model that sees only colour reaches
-  1/4; we ask for >= 0.3, which needs some motion.
+  1/4; we ask for >= 0.45, which needs motion.
 - SSv2-like (10 classes = 5 exact time-reversal pairs, every frame equally likely in all classes): chance
   is 0.1 and the static control (one frame repeated) must stay near it, so the accuracy is temporal.
 - Charades-like (12 action classes, 1-3 per video): the mAP of random scores is about the mean label
@@ -34,10 +35,7 @@ from tubevit.train.losses import build_objective
 pytestmark = pytest.mark.slow
 
 SIZE, FRAMES, FPS = 32, 16, 15.0
-TUBES = [
-    {"kernel": [1, 8, 8], "stride": [32, 8, 8]},
-    {"kernel": [8, 8, 8], "stride": [16, 8, 8], "offset": [4, 0, 0]},
-]
+TUBES = "embedded32"  # the embedded default's set: frame 0 as 8x8 patches + 8x8x8 tubes tiling the clip
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1, 1) * 255
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1, 1) * 255
 
@@ -124,27 +122,27 @@ def test_nano_tubevit_learns_time_on_synthetic_data():
 
     x, y = kinetics_set(480, seed=10)
     xv, yv = kinetics_set(120, seed=11)
-    fit(model, "kinetics", x, y, steps=500)
+    fit(model, "kinetics", x, y, steps=700)
     kinetics_top1 = (logits_of(model, "kinetics", xv).argmax(1) == yv).float().mean().item()
 
     model.add_head("ssv2", 10)
     x, y = ssv2_set(480, seed=20)
     xv, yv = ssv2_set(120, seed=21)
-    fit(model, "ssv2", x, y, steps=600)
+    fit(model, "ssv2", x, y, steps=700)
     ssv2_top1 = (logits_of(model, "ssv2", xv).argmax(1) == yv).float().mean().item()
     ssv2_static = (logits_of(model, "ssv2", xv, static_frames).argmax(1) == yv).float().mean().item()
 
     model.add_head("charades", 12)
     x, y = charades_set(320, seed=30)
     xv, yv = charades_set(96, seed=31)
-    fit(model, "charades", x, y, steps=150, multilabel=True)
+    fit(model, "charades", x, y, steps=200, multilabel=True)
     charades_mAP, _ = charades_map(logits_of(model, "charades", xv).sigmoid(), yv)
     prior = yv.mean(0)[yv.sum(0) > 0].mean().item()
 
     print(
         f"kinetics {kinetics_top1:.3f} ssv2 {ssv2_top1:.3f} (static {ssv2_static:.3f}) charades mAP {charades_mAP:.3f} prior {prior:.3f}"
     )
-    assert kinetics_top1 >= 0.3, kinetics_top1  # chance 0.083, colour alone 0.25
-    assert ssv2_top1 >= 0.25, ssv2_top1  # chance 0.1
+    assert kinetics_top1 >= 0.45, kinetics_top1  # chance 0.083, colour alone 0.25
+    assert ssv2_top1 >= 0.3, ssv2_top1  # chance 0.1
     assert ssv2_static <= 0.2, ssv2_static  # no single frame tells the class
     assert charades_mAP >= 2 * prior, (charades_mAP, prior)
