@@ -46,7 +46,7 @@ from tubevit.model.tubes import parse_tubes, token_counts
 from tubevit.model.tubevit import TubeViT
 from tubevit.train import distributed
 from tubevit.train.checkpoint import config_hash, latest_checkpoint
-from tubevit.train.loop import Callback, train
+from tubevit.train.loop import Callback
 from tubevit.train.losses import build_objective
 
 __all__ = ["TubeSwitchError", "finetune_flow", "main", "prepare_model", "run", "switch_tubes"]
@@ -202,21 +202,15 @@ def run(
     if fcfg.eval_every > 0:
         val = training.dataset_meta(shards, name, "val", dcfg)
         evaluate = make_validation({name: val}, {name: lcfg}, info.device, params.evaluate.batch_size)
-    result = train(
+    result = training.train_section(
+        fcfg,
         model,
         batches,
         {name: objective},
-        fcfg.optim,
-        fcfg.steps,
-        accum_steps=fcfg.accum_steps,
         device=info.device,
-        compile=fcfg.compile,
-        seed=fcfg.seed,
-        checkpoint_dir=checkpoints,
-        checkpoint_every=fcfg.checkpoint_every,
-        config_hash=chash,
+        checkpoints=checkpoints,
+        chash=chash,
         evaluate=evaluate,
-        eval_every=fcfg.eval_every,
         callbacks=calls,
     )
     summary: dict[str, Any] = {

@@ -44,7 +44,7 @@ from tubevit.data.shards import JointBatches, eval_loader, step_counts, train_lo
 from tubevit.evaluate import aggregate, multilabel_metrics, predict, topk_accuracy
 from tubevit.train import distributed
 from tubevit.train.checkpoint import config_hash, latest_checkpoint
-from tubevit.train.loop import Callback, train
+from tubevit.train.loop import Callback
 from tubevit.train.losses import build_objective
 
 __all__ = ["main", "make_batches", "pretrain_flow", "run", "run_config_hash"]
@@ -270,21 +270,15 @@ def run(
     evaluate = None
     if pcfg.eval_every > 0 and metas_val:
         evaluate = make_validation(metas_val, dict(pcfg.loader), info.device, params.evaluate.batch_size)
-    result = train(
+    result = training.train_section(
+        pcfg,
         model,
         batches,
         objectives,
-        pcfg.optim,
-        pcfg.steps,
-        accum_steps=pcfg.accum_steps,
         device=info.device,
-        compile=pcfg.compile,
-        seed=pcfg.seed,
-        checkpoint_dir=checkpoints,
-        checkpoint_every=pcfg.checkpoint_every,
-        config_hash=chash,
+        checkpoints=checkpoints,
+        chash=chash,
         evaluate=evaluate,
-        eval_every=pcfg.eval_every,
         callbacks=calls,
     )
 

@@ -51,7 +51,7 @@ from tubevit.train.checkpoint import (
     load_weights,
     save_weights,
 )
-from tubevit.train.loop import Callback
+from tubevit.train.loop import Callback, TrainResult, train
 
 __all__ = [
     "BUNDLE_FORMAT",
@@ -514,3 +514,40 @@ def checkpoint_path(directory: str | Path) -> Path:
 
 def log_json(prefix: str, obj: Any) -> None:
     log.info("%s %s", prefix, json.dumps(obj, sort_keys=True))
+
+
+def train_section(
+    cfg: Any,
+    model: nn.Module,
+    batches: Any,
+    objectives: Mapping[str, Any],
+    *,
+    device: torch.device,
+    checkpoints: Path,
+    chash: str,
+    evaluate: Any = None,
+    callbacks: Sequence[Callback] = (),
+) -> TrainResult:
+    """Run :func:`tubevit.train.loop.train` with the settings of one training section.
+
+    ``cfg`` is a :class:`~tubevit.config.train.PretrainConfig` or
+    :class:`~tubevit.config.train.FinetuneConfig`: both carry optim, steps, accum_steps, compile, seed,
+    checkpoint_every and eval_every, which pretrain and finetune pass on identically.
+    """
+    return train(
+        model,
+        batches,
+        objectives,
+        cfg.optim,
+        cfg.steps,
+        accum_steps=cfg.accum_steps,
+        device=device,
+        compile=cfg.compile,
+        seed=cfg.seed,
+        checkpoint_dir=checkpoints,
+        checkpoint_every=cfg.checkpoint_every,
+        config_hash=chash,
+        evaluate=evaluate,
+        eval_every=cfg.eval_every,
+        callbacks=callbacks,
+    )
