@@ -1,8 +1,9 @@
 """Per-sample augmentation params, the CPU path (one clip) and the batched device path (on CPU tensors).
 
 Pinned tolerance between the two paths (uint8 levels), interpolation numerics only:
-- crop + resize: every value within 1 level (torch's uint8 resize kernel rounds fixed-point sums, the device
-  path rounds float32 sums of the same antialiased weights);
+- crop + resize: every value within 1 level with the CUDA path's ``matmul`` crop, in float32 or float16 (torch's
+  uint8 resize kernel rounds fixed-point sums, the matmul rounds float sums of the same antialiased weights);
+  bitwise with the ``per_sample`` crop that CPU tensors use (the same uint8 kernel);
 - RandAugment ops: bitwise identical on the same input;
 - end to end: per clip, mean |difference| <= 1 level and >= 75% of the values within 1 level; over many clips
   >= 95% within 1 level (a 1-level crop difference can cross a Posterize/Solarize step or move an Equalize
@@ -51,9 +52,12 @@ def _batch(clips: list[np.ndarray]) -> torch.Tensor:
     return out
 
 
-def _device(clip: np.ndarray, params: ClipParams) -> torch.Tensor:
-    """The device path on one clip: float (3, T, size, size)."""
-    return augment_batch(_batch([clip]), pack_params([params]))[0]
+def _device(clip: np.ndarray, params: ClipParams, crop: str = "matmul") -> torch.Tensor:
+    """The device path on one clip: float (3, T, size, size); by default with the CUDA path's matmul crop."""
+    return augment_batch(_batch([clip]), pack_params([params]), crop=crop)[0]
+
+
+CROPS = ["matmul", "per_sample"]
 
 
 # --- drawing ------------------------------------------------------------------------------------------------
@@ -156,7 +160,7 @@ def test_pack_unpack_round_trip_and_errors():
 
 
 @pytest.mark.parametrize(("src", "size"), [((40, 52), 24), ((20, 30), 48), ((64, 64), 32)])
-def test_device_crop_is_within_one_level_of_the_cpu_crop(src, size):
+def test_matmul_crop_is_within_one_level_of_the_cpu_crop(src, size):
     h, w = src
     diffs = []
     for seed in range(25):
@@ -172,6 +176,14 @@ def test_device_crop_is_within_one_level_of_the_cpu_crop(src, size):
     assert d.max() <= 1 and d.mean() < 0.3
 
 
+def test_per_sample_crop_on_cpu_tensors_is_the_cpu_path_bitwise():
+    for seed in range(20):
+        clip = _noise(3, 40, 52, seed)
+        params = draw_clip_params(seed, 40, 52, size=24)  # with RandAugment: its ops are bitwise too
+        dev = augment_batch(_batch([clip]), pack_params([params]))[0]  # auto: per_sample on CPU tensors
+        assert torch.equal(dev, augment_clip(clip, params).float()), params
+
+
 @pytest.mark.parametrize("name", RANDAUGMENT_OPS)
 def test_device_ops_are_bitwise_the_cpu_ops(name):
     """With a crop that is the whole frame at its own size (no resampling), both paths agree exactly."""
@@ -185,7 +197,7 @@ def test_device_ops_are_bitwise_the_cpu_ops(name):
     # a low-contrast clip, so AutoContrast and Equalize have something to stretch
     clips[0] = (clips[0] // 4 + 60).astype(np.uint8)
     params = [ClipParams(24, 0, 0, 24, 24, ((name, v), ("Identity", 0.0))) for v in values]
-    batch = augment_batch(_batch(clips), pack_params(params))  # the whole group in one op
+    batch = augment_batch(_batch(clips), pack_params(params), crop="matmul")  # the whole group in one op
     changed = 0
     for i, (clip, p) in enumerate(zip(clips, params, strict=True)):
         cpu = augment_clip(clip, p)
@@ -206,11 +218,12 @@ def test_end_to_end_within_the_pinned_tolerance():
     assert (torch.cat(diffs) <= 1).float().mean() >= 0.95
 
 
-def test_every_frame_of_a_clip_gets_the_same_crop_and_ops():
+@pytest.mark.parametrize("crop", CROPS)
+def test_every_frame_of_a_clip_gets_the_same_crop_and_ops(crop):
     image = _noise(1, 40, 52, 3)
     clip = np.repeat(image, 5, axis=0)  # five identical frames
     params = [draw_clip_params(s, 40, 52, size=16) for s in range(12)]
-    out = augment_batch(_batch([clip] * 12), pack_params(params))  # (12, 3, 5, 16, 16)
+    out = augment_batch(_batch([clip] * 12), pack_params(params), crop=crop)  # (12, 3, 5, 16, 16)
     for i, p in enumerate(params):
         cpu = augment_clip(clip, p)
         for t in range(1, 5):
@@ -219,23 +232,25 @@ def test_every_frame_of_a_clip_gets_the_same_crop_and_ops():
     assert len({out[i].numpy().tobytes() for i in range(12)}) == 12  # clips differ
 
 
-def test_images_take_the_same_path():
+@pytest.mark.parametrize("crop", CROPS)
+def test_images_take_the_same_path(crop):
     image = _noise(1, 40, 52, 4)
     params = draw_clip_params(9, 40, 52, size=16)
     cpu = augment_clip(image, params)
-    dev = _device(image, params)
+    dev = _device(image, params, crop)
     assert cpu.shape == dev.shape == (3, 1, 16, 16)
     assert (dev - cpu.float()).abs().mean() <= 1.0
 
 
-def test_a_padded_batch_of_different_sizes_gives_each_clip_alone():
+@pytest.mark.parametrize("crop", CROPS)
+def test_a_padded_batch_of_different_sizes_gives_each_clip_alone(crop):
     sizes = [(40, 52), (30, 44), (48, 36), (20, 20), (40, 52)]
     clips = [_noise(3, h, w, i) for i, (h, w) in enumerate(sizes)]
     params = [draw_clip_params(100 + i, h, w, size=24) for i, (h, w) in enumerate(sizes)]
-    out = augment_batch(_batch(clips), pack_params(params))
+    out = augment_batch(_batch(clips), pack_params(params), crop=crop)
     assert out.shape == (5, 3, 3, 24, 24)
     for i, clip in enumerate(clips):
-        assert torch.equal(out[i], _device(clip, params[i])), params[i]
+        assert torch.equal(out[i], _device(clip, params[i], crop)), params[i]
 
 
 def test_batch_checks_its_inputs():
@@ -249,6 +264,8 @@ def test_batch_checks_its_inputs():
         augment_batch(_batch([clip]), pack_params([ClipParams(8, 0, 0, 20, 20)]), 16)
     with pytest.raises(ValueError, match=r"expected uint8 \(B, C, T, H, W\), got torch.float32"):
         augment_batch(_batch([clip]).float(), pack_params([ClipParams(8, 0, 0, 20, 20)]))
+    with pytest.raises(ValueError, match="crop must be auto, matmul or per_sample, got 'bilinear'"):
+        augment_batch(_batch([clip]), pack_params([ClipParams(8, 0, 0, 20, 20)]), crop="bilinear")
     with pytest.raises(ValueError, match="size 16 differs from the params' size 8"):
         augment_clip(clip, ClipParams(8, 0, 0, 20, 20), 16)
 
@@ -273,7 +290,8 @@ def test_no_global_reseed_and_the_global_rng_is_untouched():
         params = [draw_clip_params(s, 40, 52, size=16) for s in range(8)]
         for p in params:
             augment_clip(clip, p)
-        augment_batch(_batch([clip] * 8), pack_params(params))
+        for crop in CROPS:
+            augment_batch(_batch([clip] * 8), pack_params(params), crop=crop)
     assert torch.equal(torch.get_rng_state(), state)
 
 
