@@ -72,10 +72,10 @@ AUGMENT_ON = ("auto", "cpu", "device")
 CPU_AUTO_CHOICE = "cpu"
 """What ``augment_on: auto`` means when training on the CPU.
 
-``benchmarks/augment.py`` (``benchmarks/results/augment.json``) measures the two paths at about the same cost per
-clip on one CPU core (device path / CPU path 0.73-1.13 across its rows, under shared load). The CPU path runs in
-the loader's worker processes, concurrently with the training step; the device path runs in the training
-process, serially with it. At equal cost the CPU path wins.
+``benchmarks/augment.py`` (``benchmarks/results/augment.json``) measures the two paths at about the same cost
+per clip on one CPU core: device path / CPU path 0.85-1.11 across its rows (0.73-1.13 over runs, under shared
+load). The CPU path runs in the loader's worker processes, concurrently with the training step; the device
+path runs in the training process, serially with it. At equal cost the CPU path wins.
 """
 
 
@@ -301,16 +301,15 @@ def _aa_weights(start: torch.Tensor, length: torch.Tensor, in_size: int, out_siz
     scale = (length / out_size)[:, None, None]  # (B, 1, 1)
     support = scale.clamp(min=1.0)
     centre = scale * (torch.arange(out_size, device=device, dtype=torch.float32)[None, :, None] + 0.5)
-    k = (
-        torch.arange(in_size, device=device, dtype=torch.float32)[None, None, :] - start[:, None, None]
-    )  # local
+    source = torch.arange(in_size, device=device, dtype=torch.float32)[None, None, :]  # (1, 1, in_size)
+    k = source - start[:, None, None]  # source pixel index within each crop
     w = (1.0 - ((k - centre + 0.5) / support).abs()).clamp(min=0.0)
     w = w * ((k >= 0) & (k < length[:, None, None]))
     return w / w.sum(-1, keepdim=True)
 
 
 def _crop_resize_per_sample(video: torch.Tensor, params: Sequence[ClipParams], size: int) -> torch.Tensor:
-    """Crop and resize each clip with ``F.resized_crop(antialias=True)`` on its uint8 planes.
+    """Crop and resize each clip with ``F.resize(antialias=True)`` on its uint8 crop, one clip at a time.
 
     On CPU tensors this is torch's uint8 kernel, so it is bitwise the CPU path's crop (and the fastest crop
     measured there). Returns float32 ``(B, C, T, size, size)``.
