@@ -392,13 +392,14 @@ def _affine(x: torch.Tensor, thetas: list[list[float]]) -> torch.Tensor:
     g, c, t, s, _ = x.shape
     device = x.device
     theta = _to_device(torch.tensor(thetas, dtype=torch.float32), device).view(g, 2, 3)
-    base = torch.empty(1, s, s, 3, device=device)
     coords = torch.linspace((1.0 - s) * 0.5, (s - 1.0) * 0.5, steps=s, device=device)
-    base[..., 0].copy_(coords)
-    base[..., 1].copy_(coords.unsqueeze(-1))
-    base[..., 2].fill_(1)
-    scaled = theta.transpose(1, 2) / (0.5 * s)  # (G, 3, 2)
-    grid = base.view(1, s * s, 3).expand(g, -1, -1).bmm(scaled).view(g, s, s, 2)
+    xs, ys = coords.view(1, 1, s), coords.view(1, s, 1)  # pixel centres relative to the image centre
+    scaled = theta.transpose(1, 2) / (0.5 * s)  # (G, 3, 2), normalised as torchvision's _affine_grid does
+    # the grid elementwise rather than by bmm: exact float32 whatever the TF32 matmul setting on CUDA
+    m = scaled.view(g, 3, 2, 1, 1)
+    grid = torch.stack(
+        [xs * m[:, 0, j] + ys * m[:, 1, j] + m[:, 2, j] for j in (0, 1)], dim=-1
+    )  # (G, S, S, 2)
     out = nnf.grid_sample(
         x.reshape(g, c * t, s, s), grid, mode="nearest", padding_mode="zeros", align_corners=False
     )
@@ -412,7 +413,14 @@ def _sharpness(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
         return x
     a, b = 1.0 / 13.0, 5.0 / 13.0
     kernel = _to_device(torch.tensor([[a, a, a], [a, b, a], [a, a, a]], dtype=torch.float32), x.device)
-    blurred = nnf.conv2d(x.reshape(-1, 1, s, s), kernel.view(1, 1, 3, 3)).round_().view(g, c, t, s - 2, s - 2)
+    with torch.backends.cudnn.flags(
+        enabled=torch.backends.cudnn.enabled,
+        benchmark=torch.backends.cudnn.benchmark,
+        deterministic=torch.backends.cudnn.deterministic,
+        allow_tf32=False,  # TF32 would move the blur by up to a level before rounding
+    ):
+        blurred = nnf.conv2d(x.reshape(-1, 1, s, s), kernel.view(1, 1, 3, 3))
+    blurred = blurred.round_().view(g, c, t, s - 2, s - 2)
     out = x.clone()
     view = out[..., 1:-1, 1:-1]
     view.addcmul_(blurred.sub_(view), alpha)

@@ -333,3 +333,43 @@ def test_resolve_augment_on():
     assert resolve_augment_on("cpu", torch.device("cuda")) == "cpu"
     with pytest.raises(ValueError, match="augment_on: must be one of auto, cpu, device, got 'gpu'"):
         resolve_augment_on("gpu", "cpu")
+
+
+# --- on a GPU (never in CI) -------------------------------------------------------------------------------------
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.mark.gpu
+@cuda
+def test_cuda_batch_is_within_the_pinned_tolerance_of_the_cpu_path():
+    """On CUDA (fp16 matmul crop): crop within 1 level; end to end as on CPU tensors."""
+    clips = [_noise(2, 40, 52, s) for s in range(40)]
+    params = [draw_clip_params(s, 40, 52, size=24) for s in range(40)]
+    crops = [draw_clip_params(s, 40, 52, size=24, randaugment=False) for s in range(40)]
+    video = _batch(clips).cuda()
+    crop = augment_batch(video, pack_params(crops)).cpu()  # auto: the matmul crop on CUDA
+    full = augment_batch(video, pack_params(params)).cpu()
+    diffs = []
+    for i, clip in enumerate(clips):
+        assert (crop[i] - augment_clip(clip, crops[i]).float()).abs().max() <= 1
+        d = (full[i] - augment_clip(clip, params[i]).float()).abs()
+        assert d.mean() <= 1.0 and (d <= 1).float().mean() >= 0.75, params[i].ops
+        diffs.append(d.flatten())
+    assert (torch.cat(diffs) <= 1).float().mean() >= 0.95
+
+
+@pytest.mark.gpu
+@cuda
+def test_cuda_model_input_needs_no_host_synchronisation():
+    clips = [_noise(4, 64, 80, s) for s in range(16)]
+    params = pack_params([draw_clip_params(s, 64, 80, size=32) for s in range(16)])  # kept on the host
+    batch = {"video": _batch(clips).cuda(), "aug": params}
+    to_model_input(batch, "cuda")  # warm-up: first-call constants
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = to_model_input(batch, "cuda")
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert out.shape == (16, 3, 4, 32, 32) and out.device.type == "cuda"
