@@ -104,19 +104,19 @@ class TrainTransform:
             magnitude=self.magnitude,
         )
 
-    def augment(self, frames: np.ndarray | torch.Tensor, seed: int) -> torch.Tensor:
-        """The augmented uint8 clip ``(T, 3, size, size)``, before normalisation."""
+    def _frame_params(self, frames: np.ndarray | torch.Tensor, seed: int) -> ClipParams:
         shape = tuple(frames.shape)
         if len(shape) != 4:
             raise ValueError(f"expected frames of shape (T, H, W, 3), got {shape}")
-        return augment_video(frames, self.params(shape[1], shape[2], seed))
+        return self.params(shape[1], shape[2], seed)
+
+    def augment(self, frames: np.ndarray | torch.Tensor, seed: int) -> torch.Tensor:
+        """The augmented uint8 clip ``(T, 3, size, size)``, before normalisation."""
+        return augment_video(frames, self._frame_params(frames, seed))
 
     def __call__(self, frames: np.ndarray | torch.Tensor, seed: int) -> torch.Tensor:
         if not self.normalized:
-            shape = tuple(frames.shape)
-            if len(shape) != 4:
-                raise ValueError(f"expected frames of shape (T, H, W, 3), got {shape}")
-            return augment_clip(frames, self.params(shape[1], shape[2], seed))
+            return augment_clip(frames, self._frame_params(frames, seed))  # uint8 (C, T, size, size)
         return normalize(self.augment(frames, seed))
 
 
