@@ -4,7 +4,7 @@ One home for the training augmentation of the paper: a clip-consistent ``RandomR
 ratio)`` followed by ``RandAugment(num_ops, magnitude, num_magnitude_bins=11)`` (magnitude on the paper's
 0-10 scale), with the parameters of each clip drawn once and applied identically to all of its T frames.
 
-- :func:`draw_clip_params` draws a clip's :class:`ClipParams` from a ``torch.Generator`` made from the
+- :func:`draw_clip_params` (or :class:`ClipAugment` holding its settings) draws a clip's :class:`ClipParams` from a ``torch.Generator`` made from the
   sample's seed (never the global RNG): the crop box as ``v2.RandomResizedCrop`` draws it (10 tries, then the
   centre fallback) and RandAugment's ops and signed magnitudes from torchvision v2's op table. The sequence of
   draws is torchvision's, so a seed gives the same crop and ops as ``v2.Compose`` under ``torch.manual_seed``.
@@ -41,18 +41,23 @@ from torchvision.transforms.v2.functional._geometry import _get_inverse_affine_m
 
 __all__ = [
     "AUGMENT_ON",
+    "CPU_AUTO_CHOICE",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "NUM_MAGNITUDE_BINS",
     "RANDAUGMENT_OPS",
+    "ClipAugment",
     "ClipParams",
     "augment_batch",
     "augment_clip",
+    "augment_video",
     "draw_clip_params",
     "normalize",
     "pack_params",
     "resolve_augment_on",
     "to_model_input",
+    "to_video",
+    "unpack_params",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -179,6 +184,41 @@ def draw_clip_params(
                 value *= -1
         ops.append((name, value))
     return ClipParams(size, top, left, h, w, tuple(ops))
+
+
+@dataclass(frozen=True)
+class ClipAugment:
+    """The training augmentation's settings (a loader's crop and RandAugment keys), drawing per clip.
+
+    ``draw(seed, height, width)`` is :func:`draw_clip_params` with these settings; the settings are checked
+    here, once, with the field's name in the message.
+    """
+
+    size: int
+    scale: tuple[float, float] = (0.25, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    randaugment: bool = True
+    num_ops: int = 2
+    magnitude: int = 10
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scale", tuple(self.scale))
+        object.__setattr__(self, "ratio", tuple(self.ratio))
+        self.draw(0, 1, 1)  # validates every field
+
+    def draw(self, seed: int, height: int, width: int) -> ClipParams:
+        """The params of one clip with ``height`` x ``width`` frames, from the sample's ``seed``."""
+        return draw_clip_params(
+            seed,
+            height,
+            width,
+            size=self.size,
+            scale=self.scale,
+            ratio=self.ratio,
+            randaugment=self.randaugment,
+            num_ops=self.num_ops,
+            magnitude=self.magnitude,
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------

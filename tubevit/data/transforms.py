@@ -32,10 +32,10 @@ from torchvision.transforms.v2 import functional as F
 from tubevit.data.augment import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    ClipAugment,
     ClipParams,
     augment_clip,
     augment_video,
-    draw_clip_params,
     to_video,
 )
 
@@ -80,29 +80,13 @@ class TrainTransform:
         magnitude: int = 10,
         normalized: bool = True,
     ):
-        if not 0 <= magnitude <= 10:
-            raise ValueError(f"RandAugment magnitude must be in [0, 10], got {magnitude}")
         self.size = size
-        self.scale = tuple(scale)
-        self.ratio = tuple(ratio)
-        self.randaugment = randaugment
-        self.num_ops = num_ops
-        self.magnitude = magnitude
+        self.clip_augment = ClipAugment(size, scale, ratio, randaugment, num_ops, magnitude)  # validates
         self.normalized = normalized
 
     def params(self, height: int, width: int, seed: int) -> ClipParams:
         """The clip's crop and ops for ``height`` x ``width`` frames, drawn from ``seed``."""
-        return draw_clip_params(
-            seed,
-            height,
-            width,
-            size=self.size,
-            scale=self.scale,
-            ratio=self.ratio,
-            randaugment=self.randaugment,
-            num_ops=self.num_ops,
-            magnitude=self.magnitude,
-        )
+        return self.clip_augment.draw(seed, height, width)
 
     def _frame_params(self, frames: np.ndarray | torch.Tensor, seed: int) -> ClipParams:
         shape = tuple(frames.shape)

@@ -25,6 +25,7 @@ from tubevit.data.augment import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     RANDAUGMENT_OPS,
+    ClipAugment,
     ClipParams,
     augment_batch,
     augment_clip,
@@ -140,6 +141,19 @@ def test_draw_refuses_bad_arguments():
         draw_clip_params(0, 10, 10, size=8, scale=(1.0, 0.5))
     with pytest.raises(ValueError, match="num_ops must be >= 0, got -1"):
         draw_clip_params(0, 10, 10, size=8, num_ops=-1)
+
+
+def test_clip_augment_holds_the_settings_and_checks_them():
+    aug = ClipAugment(24, scale=[0.5, 1.0], ratio=(1.0, 1.0), num_ops=3, magnitude=7)
+    assert aug.scale == (0.5, 1.0)
+    assert aug.draw(11, 40, 52) == draw_clip_params(
+        11, 40, 52, size=24, scale=(0.5, 1.0), ratio=(1.0, 1.0), num_ops=3, magnitude=7
+    )
+    assert len(aug.draw(11, 40, 52).ops) == 3 and ClipAugment(24, randaugment=False).draw(1, 40, 52).ops == ()
+    with pytest.raises(ValueError, match=r"RandAugment magnitude must be in \[0, 10\], got 12"):
+        ClipAugment(24, magnitude=12)
+    with pytest.raises(ValueError, match="size must be positive, got 0"):
+        ClipAugment(0)
 
 
 def test_pack_unpack_round_trip_and_errors():
