@@ -78,7 +78,7 @@ CPU_AUTO_CHOICE = "cpu"
 """What ``augment_on: auto`` means when training on the CPU.
 
 ``benchmarks/augment.py`` (``benchmarks/results/augment.json``) measures the two paths at about the same cost
-per clip on one CPU core: device path / CPU path 0.85-1.11 across its rows (0.73-1.13 over runs, under shared
+per clip on one CPU core: device path / CPU path 0.83-1.09 across its rows (0.73-1.13 over runs, under shared
 load). The CPU path runs in the loader's worker processes, concurrently with the training step; the device
 path runs in the training process, serially with it. At equal cost the CPU path wins.
 """
