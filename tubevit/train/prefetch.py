@@ -13,7 +13,10 @@ On the CPU (and any other non-CUDA device) it is a pass-through: the batches are
 same objects, with no copy and no read-ahead.
 
 On CUDA it reads one batch ahead: when the caller stops after batch k, batch k + 1 has already been taken
-from the wrapped iterable (and dropped). Non-tensor values (``dataset``, ``key`` lists, ...) pass unchanged.
+from the wrapped iterable (and dropped). Non-tensor values (``dataset``, ``key`` lists, ...) pass unchanged,
+and so do the tensors named in ``host_keys``: by default ``"aug"``, the packed augmentation parameters,
+which :func:`tubevit.data.augment.augment_batch` reads on the host (a device copy would cost a host
+synchronisation to read back).
 """
 
 from __future__ import annotations
@@ -33,10 +36,17 @@ class DevicePrefetcher:
         batches: an iterable of batch dicts (mappings of str to tensors and other values).
         device: the training device; ``cuda``/``cuda:i``: read-ahead on a side stream; anything else:
             pass-through.
+        host_keys: tensors that stay where they are (read on the host by the step).
     """
 
-    def __init__(self, batches: Iterable[Mapping[str, Any]], device: torch.device | str):
+    def __init__(
+        self,
+        batches: Iterable[Mapping[str, Any]],
+        device: torch.device | str,
+        host_keys: tuple[str, ...] = ("aug",),
+    ):
         self.batches = batches
+        self.host_keys = frozenset(host_keys)
         self.device = torch.device(device)
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
@@ -54,8 +64,8 @@ class DevicePrefetcher:
             compute = torch.cuda.current_stream(self.device)
             compute.wait_stream(side)  # the compute stream sees this batch's copy complete
             batch = upcoming
-            for value in batch.values():
-                if isinstance(value, torch.Tensor) and value.device.type == "cuda":
+            for key, value in batch.items():
+                if key not in self.host_keys and isinstance(value, torch.Tensor) and value.is_cuda:
                     value.record_stream(compute)  # freed only after the compute stream used it
             upcoming = self._copy(it, side)  # the next copy runs while the caller computes on `batch`
             yield batch
@@ -67,6 +77,8 @@ class DevicePrefetcher:
             return None
         with torch.cuda.stream(side):
             return {
-                k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+                k: v.to(self.device, non_blocking=True)
+                if isinstance(v, torch.Tensor) and k not in self.host_keys
+                else v
                 for k, v in host.items()
             }

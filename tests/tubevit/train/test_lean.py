@@ -39,7 +39,7 @@ class Snapshots(Callback):
     def on_step(self, step, metrics):
         self.weights[step] = {k: v.clone() for k, v in self.model.state_dict().items()}
         self.events.append(("step", step, metrics["loss"]))
-        self.forwards[step] = self.model.forwards
+        self.forwards[step] = getattr(self.model, "forwards", None)
 
     def on_eval(self, step, metrics):
         self.events.append(("eval", step))
@@ -222,3 +222,38 @@ def test_grad_checkpointing_recomputes_blocks_and_changes_nothing():
         assert torch.equal(a, b), name  # drop path's RNG is replayed: bitwise the same on the CPU
     with pytest.raises(ValueError, match=r"grad_checkpointing: StandIn has no set_grad_checkpointing\(\)"):
         train(fresh(), joint_batches(4, 1), objectives(), OPTIM, 1, grad_checkpointing=True)
+
+
+class Inputs(StandIn):
+    """Keeps every model input."""
+
+    def __init__(self):
+        super().__init__()
+        self.inputs = []
+
+    def forward(self, x, dataset):
+        self.inputs.append(x.detach().clone())
+        return super().forward(x, dataset)
+
+
+def test_device_augmentation_runs_in_the_step():
+    """A batch with ``aug`` (augment_on: device) is cropped, augmented and normalised by the loop."""
+    from tubevit.data.augment import draw_clip_params, pack_params, to_model_input
+
+    g = torch.Generator().manual_seed(0)
+    video = torch.randint(0, 256, (3, 3, 4, 20, 24), dtype=torch.uint8, generator=g)  # padded decoded frames
+    params = [draw_clip_params(100 + i, 20, 24, size=8) for i in range(3)]
+    batch = {
+        "video": video,
+        "aug": pack_params(params),
+        "label": torch.tensor([0, 1, 2]),
+        "dataset": "kinetics",
+        "key": ["a", "b", "c"],
+    }
+    torch.manual_seed(0)
+    model = Inputs()
+    train(model, lambda start: iter([batch] * 2), objectives(), OPTIM, 2)
+    want = to_model_input(batch, torch.device("cpu"), torch.float32)
+    assert want.shape == (3, 3, 4, 8, 8) and len(model.inputs) == 2
+    for got in model.inputs:
+        assert torch.equal(got, want)

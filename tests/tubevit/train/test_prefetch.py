@@ -34,10 +34,14 @@ def test_cpu_is_a_pass_through_without_read_ahead():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_copies_every_tensor_and_keeps_the_rest():
-    data = [{**b, "video": b["video"].pin_memory(), "label": b["label"].pin_memory()} for b in batches(4)]
+    data = [
+        {**b, "video": b["video"].pin_memory(), "label": b["label"].pin_memory(), "aug": torch.ones(2, 9)}
+        for b in batches(4)
+    ]
     out = list(DevicePrefetcher(iter(data), "cuda"))
     assert len(out) == 4
     for got, want in zip(out, data, strict=True):
+        assert got["aug"] is want["aug"]  # packed augmentation params are read on the host: not copied
         assert got["video"].device.type == "cuda" and got["video"].dtype == torch.uint8
         assert torch.equal(got["video"].cpu(), want["video"]) and torch.equal(
             got["label"].cpu(), want["label"]
