@@ -365,7 +365,10 @@ def test_device_batches_carry_the_frames_and_the_cpu_paths_params(root):
             assert torch.equal(augment_clip(thwc, p), want), key
     # the batched device path runs on these (channels-last) batches; crops match the cpu path
     crop_only = replace(DEVICE, randaugment=False)
-    x, y = next(iter(_loader(root, replace(crop_only, augment_on="cpu")))), next(iter(_loader(root, crop_only)))
+    x, y = (
+        next(iter(_loader(root, replace(crop_only, augment_on="cpu")))),
+        next(iter(_loader(root, crop_only))),
+    )
     out = augment_batch(y["video"], y["aug"])
     assert out.shape == (4, 3, 8, 24, 24)
     assert (out - x["video"].float()).abs().mean() < 1.0
@@ -399,13 +402,13 @@ def test_batches_are_the_same_with_0_or_2_workers(root):
         two = list(_loader(root, replace(lcfg, workers=2), epoch_batches=6))
         # batch i comes from logical worker i % 2 with 2 workers; each worker's samples are in the order
         # of a 1-worker stream of its own, so compare sample by sample through the key
-        by_key = {k: (v, b) for x in zero for b, (k, v) in enumerate(zip(x["key"], x["video"], strict=True))}
+        by_key = {k: v for x in zero for k, v in zip(x["key"], x["video"], strict=True)}
         common = 0
         for x in two:
-            for b, (k, v) in enumerate(zip(x["key"], x["video"], strict=True)):
+            for k, v in zip(x["key"], x["video"], strict=True):
                 if k in by_key:
                     common += 1
-                    assert torch.equal(v, by_key[k][0]), (lcfg.augment_on, k)
+                    assert torch.equal(v, by_key[k]), (lcfg.augment_on, k)
                     assert v.dtype == torch.uint8
         assert common >= 4, lcfg.augment_on
 
@@ -427,7 +430,9 @@ def _bad_set(root: Path, tmp: Path, every: int) -> list[str]:
 
 
 def _good_keys(urls: list[str]) -> set[str]:
-    return {k for u in urls for k, m in read_tar_samples(Path(u)).items() if not m["mp4"].startswith(b"not a")}
+    return {
+        k for u in urls for k, m in read_tar_samples(Path(u)).items() if not m["mp4"].startswith(b"not a")
+    }
 
 
 def test_undecodable_samples_are_counted_logged_and_replaced(root, tmp_path, caplog):
@@ -449,7 +454,7 @@ def test_resume_stays_exact_when_samples_are_skipped(root, tmp_path):
     for workers in (0, 2):
         lcfg = replace(PLAIN, workers=workers, batch_size=2)
 
-        def run(start):
+        def run(start, lcfg=lcfg):
             args = {"dataset": "kinetics", "num_classes": 3, "seed": 0, "epoch_batches": 8}
             return list(train_loader(urls, lcfg, start_batch=start, **args))
 
@@ -470,7 +475,9 @@ def test_a_shard_set_without_a_decodable_sample_fails(root, tmp_path):
         loader = train_loader(
             urls, replace(PLAIN, workers=workers), dataset="kinetics", num_classes=3, epoch_batches=2
         )
-        with pytest.raises(Exception, match="kinetics: the training shard set yields no decodable sample") as e:
+        with pytest.raises(
+            Exception, match="kinetics: the training shard set yields no decodable sample"
+        ) as e:
             list(loader)
         if workers == 0:
             assert e.type is NoSamplesError
