@@ -556,6 +556,27 @@ class _EvalSample:
                     yield {"video": view, "label": label, "key": key, "view": v * spatial + s}
 
 
+def _batched(batch_size: int, collate: Callable[[list[dict]], dict], partial: bool) -> Callable:
+    """Pipeline stage: batches of ``batch_size`` samples, each yielded as soon as it is full.
+
+    (``wds.batched`` yields a batch only once the next sample has been decoded: one decode wasted per
+    epoch and per worker, and every batch waits for the next batch's first sample.) ``partial``: also
+    yield the last, smaller batch.
+    """
+
+    def stage(src: Iterable[dict]) -> Iterator[dict]:
+        batch: list[dict] = []
+        for sample in src:
+            batch.append(sample)
+            if len(batch) == batch_size:
+                yield collate(batch)
+                batch = []
+        if batch and partial:
+            yield collate(batch)
+
+    return stage
+
+
 class _Collate:
     """Assemble samples into a batch dict that names its dataset, each tensor written once in its place.
 
@@ -668,7 +689,7 @@ class ClipLoader:
             _seeded_shuffle(lcfg.shuffle_buffer, sample_seed(self.seed, epoch), self.rank, start_batch),
             _skip_consumed(start_batch, lcfg.batch_size),
             _DecodeReplacing(decode, guard),
-            wds.batched(lcfg.batch_size, collation_fn=_Collate(self.dataset), partial=False),
+            _batched(lcfg.batch_size, _Collate(self.dataset), partial=False),
         )
 
     def __iter__(self) -> Iterator[dict]:
@@ -754,7 +775,7 @@ def eval_dataset(
         _ensure_handlers,
         wds.tarfile_to_samples(),
         _EvalSample(lcfg, num_classes, multilabel),
-        wds.batched(lcfg.batch_size, collation_fn=_Collate(dataset), partial=True),
+        _batched(lcfg.batch_size, _Collate(dataset), partial=True),
     )
 
 
