@@ -1,9 +1,9 @@
 """GPU benchmark: the bare TubeViT-B step, ``train()`` fed from real shards, and timm's ViT-B, side by side.
 
     # here (needs ffmpeg, webdataset, decord): synthetic mp4 shards at paper geometry (short side 256)
-    .venv/bin/python benchmarks/gpu.py --prepare-shards /tmp/gpu-shards
+    .venv/bin/python benchmarks/gpu.py --prepare-shards .whl/gpu-shards
     # on the GPU machine (<= 5 minutes on one H100/H200): every row below
-    python benchmarks/gpu.py --shards /tmp/gpu-shards [--out benchmarks/results/gpu.json]
+    python benchmarks/gpu.py --shards .whl/gpu-shards [--out benchmarks/results/gpu.json]
     # anywhere, in seconds on the CPU: a tiny model through the same code paths (what the test runs)
     .venv/bin/python benchmarks/gpu.py --smoke --out /tmp/gpu-smoke.json
 
@@ -16,7 +16,7 @@ Rows (bf16 autocast, fused AdamW, ``paper`` tubes, 400 classes; MFU = clips/s x 
   normalisation, clip, lagged logging) fed by :func:`tubevit.data.shards.train_loader` (the real loader:
   webdataset, decord, workers, pinned uint8 batches) from the synthetic shards, 32x224^2 b64 and 64x224^2
   b32, with ``augment_on: device`` (crop + RandAugment batched on the GPU) and ``cpu`` (in the workers).
-  ``vs_bare`` is clips/s over the eager bare row of the same geometry (target >= 0.9).
+  ``vs_bare_eager`` is clips/s over the eager bare row of the same geometry (target >= 0.9).
 - (c) ``timm``: timm's ``VisionTransformer`` ViT-B/16 at the same 539 tokens (an 11x49 patch grid, no class
   token, average pooling), eager and compiled.
 
@@ -24,12 +24,18 @@ FLOPs are counted once per model and input shape with ``FlopCounterMode`` over o
 of one clip under the MATH attention backend, on the row's device: the same count for every row (flash
 attention's FLOPs equal the math path's; the CPU's fused attention would count 0).
 
-The GPU machine has no ffmpeg, webdataset or decord: prepare the shards here and copy them over (the
-``run`` tool carries ignored paths, e.g. ``--prepare-shards .gpu-shards`` and carry ``.gpu-shards``), and
-carry webdataset and decord too (``pip install --target .gpu-deps webdataset decord2``, carry
-``.gpu-deps`` and run with ``PYTHONPATH=$PWD:$PWD/.gpu-deps``). Rows whose inputs are missing are
-recorded as "not measured" with the reason. Without CUDA (and without ``--smoke``) every row is recorded as
-"not measured" and the script exits 0. When ``$OUT`` is set, a copy of the JSON is written there.
+The GPU machine has no ffmpeg, webdataset or decord, so prepare what it needs here, in the git-ignored
+``.whl/`` folder, and carry that folder (the ``run`` tool carries up to 64 MiB of ignored paths; the default
+16 videos of 90 frames make ~21 MB of shards)::
+
+    .venv/bin/python benchmarks/gpu.py --prepare-shards .whl/gpu-shards
+    .venv/bin/pip download --no-deps -d .whl webdataset braceexpand decord2
+    # on the GPU machine, with carry [".whl"]:
+    pip install --no-index --no-deps .whl/*.whl && python benchmarks/gpu.py --shards .whl/gpu-shards
+
+Rows whose inputs are missing (no shards, webdataset/decord/timm not importable) are recorded as "not
+measured" with the reason, and a row that raises as "failed: <error>" (the other rows still run). Without CUDA (and without ``--smoke``) every row is recorded as "not measured" and
+the script exits 0. When ``$OUT`` is set, a copy of the JSON is written there as well.
 """
 
 from __future__ import annotations
@@ -342,6 +348,10 @@ def run_rows(setup: Setup, device: torch.device, shards: Path | None, budget_s: 
             row["status"] = f"not measured: {exc.name or exc} is not installed (carry it: see the docstring)"
         except FileNotFoundError as exc:
             row["status"] = f"not measured: {exc}"
+        except (
+            Exception
+        ) as exc:  # one broken row (a compiler missing, out of memory) must not lose the others
+            row["status"] = f"failed: {type(exc).__name__}: {str(exc)[:300]}"
         finally:
             model = None
             if device.type == "cuda":
