@@ -42,7 +42,12 @@ NAMES = ("kinetics400", "ssv2", "charades")  # the SSv2 and Charades recipes bui
 # What each recipe trains: the params section, its datasets, supplement Table 1's global batch, and the
 # tokens per clip of its tube set (paper set: 1176 at 64x224^2, 539 at 32x224^2; interpolated: 2499 at 128).
 STAGES = {
-    "kinetics400": {"section": "pretrain", "datasets": ("kinetics", "imagenet"), "batch": 256, "tokens": 1176},
+    "kinetics400": {
+        "section": "pretrain",
+        "datasets": ("kinetics", "imagenet"),
+        "batch": 256,
+        "tokens": 1176,
+    },
     "ssv2": {"section": "finetune.ssv2", "datasets": ("ssv2",), "batch": 256, "tokens": 539},
     "charades": {"section": "finetune.charades", "datasets": ("charades",), "batch": 64, "tokens": 2499},
 }
@@ -70,7 +75,9 @@ def command_lines(block: str) -> list[tuple[str, ...]]:
 def load_recipe(name: str) -> Recipe:
     text = (RECIPES / f"{name}.md").read_text(encoding="utf-8")
     yaml_blocks = fenced_blocks(text, "yaml")
-    assert len(yaml_blocks) == 1, f"docs/recipes/{name}.md: expected one ```yaml block, found {len(yaml_blocks)}"
+    assert len(yaml_blocks) == 1, (
+        f"docs/recipes/{name}.md: expected one ```yaml block, found {len(yaml_blocks)}"
+    )
     excerpt = YAML(typ="safe", pure=True).load(yaml_blocks[0])  # YAML 1.2, as DVC and pipelines.params read
     commands = [argv for block in fenced_blocks(text, "bash") for argv in command_lines(block)]
     return Recipe(name, excerpt, tuple(commands))
@@ -80,7 +87,9 @@ def merge(base: dict, over: dict) -> dict:
     """``over`` pasted onto ``base``: mappings merge key by key, anything else is replaced."""
     out = dict(base)
     for key, value in over.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = (
+            merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        )
     return out
 
 
@@ -196,7 +205,9 @@ def test_recipe_validates_and_builds_on_meta(tmp_path, name):
     loaded = flatten(p.to_dict())
     for key, value in flatten(recipe.excerpt).items():
         assert key in loaded, f"{name}: {key} is not a params key"
-        assert plain(loaded[key]) == plain(value), f"{name}: {key} is {loaded[key]!r}, the page says {value!r}"
+        assert plain(loaded[key]) == plain(value), (
+            f"{name}: {key} is {loaded[key]!r}, the page says {value!r}"
+        )
 
     # the documented profile command agrees with every value of the excerpt
     changes = apply_profile(path, **profile_kwargs(profile_command(recipe)), dry_run=True)
@@ -295,7 +306,7 @@ def dvc_stages() -> dict[str, tuple[str, ...]]:
             cmd = stage["do"]["cmd"].replace("${key}", str(key))
             if isinstance(item, dict):
                 for field, value in item.items():
-                    cmd = cmd.replace("${item.%s}" % field, str(value))
+                    cmd = cmd.replace("${item." + field + "}", str(value))
             else:
                 cmd = cmd.replace("${item}", str(item))
             out[f"{name}@{key}"] = tuple(shlex.split(cmd))
