@@ -357,3 +357,55 @@ def test_recipe_experiments_are_valid_overrides(tmp_path, name):
             key, _, text = item.partition("=")
             value = flatten(p.to_dict())[key]
             assert plain(value) == plain(YAML(typ="safe", pure=True).load(text)), (name, key, value)
+
+
+# ------------------------------------------------------------------ the docs are self-contained
+
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor of a heading: link text kept, lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading).replace("`", "").strip().lower()
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    text = re.sub(r"^```.*?^```", "", path.read_text(encoding="utf-8"), flags=re.M | re.S)
+    seen: dict[str, int] = {}
+    out = set()
+    for heading in re.findall(r"^#{1,6} (.+)$", text, flags=re.M):
+        base = slug(heading)
+        n = seen.get(base, 0)
+        seen[base] = n + 1
+        out.add(base if n == 0 else f"{base}-{n}")
+    return out
+
+
+def test_slug_follows_github():
+    assert slug("Re-encode") == "re-encode"
+    assert slug("6. More than one node") == "6-more-than-one-node"
+    assert (
+        slug("The ffmpeg command (pinned: [design](design.md#re-encode))")
+        == "the-ffmpeg-command-pinned-design"
+    )
+    assert slug("539 or 559 tokens") == "539-or-559-tokens"
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=[str(d.relative_to(ROOT)) for d in DOCS])
+def test_doc_links_resolve_inside_the_repository(doc):
+    """Every link to a page or a section resolves in a fresh clone; nothing points outside the repository."""
+    text = doc.read_text(encoding="utf-8")
+    assert "../shared" not in text and "DESIGN.md" not in text, f"{doc.name} cites a file outside the repo"
+    for target in LINK.findall(re.sub(r"^```.*?^```", "", text, flags=re.M | re.S)):
+        if target.startswith(("http://", "https://", "mailto:")):
+            continue
+        file, _, anchor = target.partition("#")
+        path = (doc.parent / file).resolve() if file else doc
+        assert path.is_relative_to(ROOT), f"{doc.name}: {target} leaves the repository"
+        if path.suffix in (".png", ".svg", ".jpg"):
+            continue  # pictures are rendered by `tubevit tubes` (tested with it)
+        assert path.exists(), f"{doc.name}: {target}: no such file"
+        if anchor and path.suffix == ".md":
+            assert anchor in anchors(path), f"{doc.name}: {target}: no such section in {path.name}"
