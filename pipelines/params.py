@@ -179,8 +179,21 @@ def load_params_or_exit(path: str | Path = "params.yaml", *, dataset: str | None
     return params
 
 
+EPILOG = """\
+examples:
+  python -m pipelines.params --check params.yaml
+  python -m pipelines.params --check params.yaml tests/fixtures/params-micro.yaml
+exit status 2 and one line per bad file on stderr: <file>: <dotted key>: <reason>
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.params", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.params",
+        description=__doc__.split("\n")[0],
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
         "--check", metavar="PARAMS", nargs="+", default=["params.yaml"], help="params files to validate"
     )
