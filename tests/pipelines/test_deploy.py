@@ -27,14 +27,14 @@ import json
 import yaml
 
 params = yaml.safe_load(open("params.yaml"))
-json.dump({"seed": params["seed"], "steps": params["pretrain"]["steps"]}, open("echo.json", "w"))
+json.dump({"seed": params["shard"]["seed"], "steps": params["pretrain"]["steps"]}, open("echo.json", "w"))
 """
 DVC_YAML = """\
 stages:
   echo:
     cmd: python echo.py
     deps: [echo.py]
-    params: [seed, pretrain.steps]
+    params: [shard.seed, pretrain.steps]
     metrics:
       - echo.json:
           cache: false
