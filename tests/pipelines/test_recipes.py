@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import re
 import shlex
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ import pytest
 import torch
 from ruamel.yaml import YAML
 
-from pipelines.params import Params, load_params, read_yaml
+from pipelines.params import ConfigError, Params, load_params, read_yaml
 from pipelines.profile import apply_profile
 from pipelines.profile import main as profile_main
 from tubevit.config.base import to_dict
@@ -120,8 +119,6 @@ def write_params(tmp_path: Path, names: list[str], extra: dict | None = None) ->
     yaml.default_flow_style = False
     with open(path, "w", encoding="utf-8") as f:
         yaml.dump(data, f)
-    if (ROOT / "recipes.yaml").exists():  # the recipes live beside params.yaml once they move out of it
-        shutil.copyfile(ROOT / "recipes.yaml", tmp_path / "recipes.yaml")
     return path
 
 
@@ -137,11 +134,17 @@ def profile_command(recipe: Recipe) -> tuple[str, ...]:
 
 
 def profile_kwargs(args: tuple[str, ...]) -> dict[str, Any]:
-    """``apply_profile`` keywords of ``paper --variant base --nproc 8`` (what the page documents)."""
+    """``apply_profile`` keywords of ``paper --variant base --nproc 8 [--allow-synthetic]`` (the page's)."""
     profile, *rest = args
+    flags = [a for a in rest if a == "--allow-synthetic"]
+    rest = [a for a in rest if a != "--allow-synthetic"]
     options = dict(zip(rest[::2], rest[1::2], strict=True))
     assert set(options) <= {"--variant", "--nproc", "--micro-batch"}, options
-    kwargs: dict[str, Any] = {"profile": profile, "variant": options["--variant"]}
+    kwargs: dict[str, Any] = {
+        "profile": profile,
+        "variant": options["--variant"],
+        "allow_synthetic": bool(flags),
+    }
     if "--nproc" in options:
         kwargs["nproc"] = int(options["--nproc"])
     if "--micro-batch" in options:
@@ -188,7 +191,14 @@ def test_recipe_page_has_one_excerpt_and_the_commands_in_order(name):
     assert order == sorted(order), f"docs/recipes/{name}.md: commands out of order: {order}"
     assert ("python", "-m", "pipelines.params", "--check", "params.yaml") in recipe.commands
     # every recipe applies the same profile: the three share one params.yaml
-    assert profile_command(recipe) == ("paper", "--variant", "base", "--nproc", str(GPUS))
+    args = profile_command(recipe)
+    assert [a for a in args if a != "--allow-synthetic"] == [
+        "paper",
+        "--variant",
+        "base",
+        "--nproc",
+        str(GPUS),
+    ]
 
 
 # ------------------------------------------------------------------------ params: validate, agree, build
@@ -210,7 +220,11 @@ def test_recipe_validates_and_builds_on_meta(tmp_path, name):
         )
 
     # the documented profile command agrees with every value of the excerpt
-    changes = apply_profile(path, **profile_kwargs(profile_command(recipe)), dry_run=True)
+    kwargs = profile_kwargs(profile_command(recipe))
+    changes = apply_profile(path, **kwargs, dry_run=True)
+    if kwargs["allow_synthetic"]:  # the page passes --allow-synthetic only where the profile needs it
+        with pytest.raises(ConfigError, match=r"^datasets\.\w+\.source: still 'synthetic'"):
+            apply_profile(path, **(kwargs | {"allow_synthetic": False}), dry_run=True)
     disagree = [(key, new) for key, _old, new in changes if key in flatten(recipe.excerpt)]
     assert disagree == [], f"{name}: the paper profile would change {disagree}"
 
@@ -269,7 +283,8 @@ def test_recipes_together_are_what_the_profile_writes(tmp_path, capsys):
     """Pasted in order, the three excerpts hold every value the paper profile sets: it changes nothing."""
     path = write_params(tmp_path, list(NAMES))
     load_params(path)
-    args = profile_command(load_recipe("kinetics400"))
+    # every dataset is real now: the profile needs no --allow-synthetic
+    args = tuple(a for a in profile_command(load_recipe("kinetics400")) if a != "--allow-synthetic")
     assert apply_profile(path, **profile_kwargs(args), dry_run=True) == []
     before = path.read_bytes()
     assert profile_main([*args, "--params", str(path)]) == 0  # as typed on the page
@@ -279,8 +294,6 @@ def test_recipes_together_are_what_the_profile_writes(tmp_path, capsys):
 
 def test_an_excerpt_with_a_typo_is_refused(tmp_path):
     """The checks above can fail: a misspelt key is refused, a value the profile disagrees with is found."""
-    from pipelines.params import ConfigError
-
     path = write_params(tmp_path, ["kinetics400"], {"pretrain": {"loader": {"kinetics": {"frame": 64}}}})
     with pytest.raises(ConfigError, match=r"^pretrain\.loader\.kinetics\.frame: "):
         load_params(path)
