@@ -234,6 +234,8 @@ def test_recipe_validates_and_builds_on_meta(tmp_path, name):
     cfg = section(p, stage["section"])
     loaders = cfg.loader if isinstance(cfg.loader, dict) else {stage["datasets"][0]: cfg.loader}
     assert cfg.nproc == GPUS
+    assert (cfg.device, cfg.precision, cfg.compile) == ("cuda", "bf16", True)  # a GPU recipe
+    assert {lcfg.augment_on for lcfg in loaders.values()} == {"device"}
     for ds, lcfg in loaders.items():
         assert lcfg.batch_size * cfg.accum_steps * cfg.nproc == stage["batch"], f"{name}: {ds} batch"
         assert (lcfg.size, lcfg.randaugment_ops, lcfg.randaugment_magnitude) == (224, 2, 10)
