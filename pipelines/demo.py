@@ -113,18 +113,28 @@ stop the background servers: python -m pipelines.server stop   (stops the deploy
 """
 
 
-def start_servers(no_server: bool, no_deploy: bool) -> str | None:
-    """Start (or reuse) the Prefect server and the deployment server; print where they are. Returns the
-    API URL, or None with ``no_server``."""
+def start_servers(
+    no_server: bool = False,
+    no_deploy: bool = False,
+    home: Path = server.DEFAULT_HOME,
+    port: int | None = None,
+    workspace: Path = ROOT,
+) -> str | None:
+    """Start (or reuse) the Prefect server and the deployment server for ``workspace``, with their pid files
+    under ``home``; print where they are. Returns the API URL, or None with ``no_server``.
+
+    Raises:
+        RuntimeError: a server did not start (the message names which and ends with its log).
+    """
     if no_server:
         return None
-    info = server.start()
+    info = server.start(home, port=port)
     pid = f", pid {info.pid} in {info.home / 'server.pid'}" if info.pid else ""
     print(f"[demo] Prefect UI: {info.ui} (API {info.url}{pid})", flush=True)
     if not no_deploy:
         from pipelines import deploy  # imports prefect: only when it is used
 
-        served = deploy.start(info.url, ROOT, info.home)
+        served = deploy.start(info.url, workspace, info.home)
         how = "reusing" if served.reused else "started"
         print(
             f"[demo] deployments tubevit-repro (cron) and tubevit-exp: {info.ui}/deployments "

@@ -30,6 +30,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -75,11 +76,27 @@ def dvc_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "dvc", "--wait-for-lock", *args]
 
 
-def _env() -> dict[str, str]:
+_SITE_CACHE_DIR = re.compile(r"^\s*site_cache_dir\s*=\s*(\S.*?)\s*$", re.MULTILINE)
+
+
+def _env(workspace: Path | None = None) -> dict[str, str]:
     """The DVC subprocess's environment: this venv first on PATH (stage commands say ``python``), the
-    same Prefect server, and the ``tubevit.*`` and ``pipelines.*`` logs forwarded to the UI."""
+    same Prefect server, and the ``tubevit.*`` and ``pipelines.*`` logs forwarded to the UI.
+
+    DVC reads a relative ``core.site_cache_dir`` (this project's ``.dvc/site``) against the current
+    directory, which breaks ``dvc exp run --temp`` (its temporary workspace has no such folder: "unable to
+    open database file"). So a relative one in ``<workspace>/.dvc/config`` is passed as an absolute
+    ``DVC_SITE_CACHE_DIR`` (the same folder).
+    """
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    if workspace is not None and "DVC_SITE_CACHE_DIR" not in env:
+        try:
+            match = _SITE_CACHE_DIR.search((Path(workspace) / ".dvc" / "config").read_text())
+        except OSError:
+            match = None
+        if match and not os.path.isabs(match.group(1)):
+            env["DVC_SITE_CACHE_DIR"] = str((Path(workspace) / match.group(1)).resolve())
     return forward_logs_to_prefect(env)
 
 
@@ -98,7 +115,7 @@ def run_dvc(args: list[str], workspace: Path, log=None, tail: int = 40) -> list[
     with subprocess.Popen(
         cmd,
         cwd=workspace,
-        env=_env(),
+        env=_env(workspace),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
