@@ -424,3 +424,16 @@ def test_doc_links_resolve_inside_the_repository(doc):
         assert path.exists(), f"{doc.name}: {target}: no such file"
         if anchor and path.suffix == ".md":
             assert anchor in anchors(path), f"{doc.name}: {target}: no such section in {path.name}"
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/pipeline.md"])
+def test_multi_node_commands_elsewhere_match_dvc_yaml(page):
+    """The README's and pipeline page's torchrun examples run a stage's own command (plus --no-flow)."""
+    text = (ROOT / page).read_text(encoding="utf-8")
+    commands = [argv for block in fenced_blocks(text, "bash") for argv in command_lines(block)]
+    torchruns = [argv for argv in commands if argv[0] == "torchrun"]
+    assert torchruns, page
+    stages = dvc_stages()
+    for argv in torchruns:
+        wanted = tuple(a for a in argv[argv.index("-m") + 1 :] if a != "--no-flow")
+        assert any(cmd[2:] == wanted for cmd in stages.values()), f"{page}: {wanted} is no dvc.yaml stage"
