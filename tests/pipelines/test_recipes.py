@@ -337,6 +337,16 @@ def test_recipe_commands_match_dvc_yaml(name):
             targets = [a for a in argv[2:] if not a.startswith("-")]
             assert targets, argv
             assert set(targets) <= set(stages), f"{name}: unknown stage in {' '.join(argv)}"
+        if argv[:3] == ("dvc", "exp", "run"):  # targets, so that no stage of another recipe runs
+            args, targets = list(argv[3:]), []
+            while args:
+                arg = args.pop(0)
+                if arg in ("-S", "--set-param", "-n", "--name"):
+                    args.pop(0)
+                elif not arg.startswith("-"):
+                    targets.append(arg)
+            assert targets and set(targets) <= set(stages), f"{name}: targets of {' '.join(argv)}"
+            assert set(targets) <= {f"evaluate@{ds}" for ds in STAGES[name]["datasets"]}, argv
     torchruns = [argv for argv in recipe.commands if argv[0] == "torchrun"]
     assert torchruns, f"{name}: no multi-node command"
     for argv in torchruns:
