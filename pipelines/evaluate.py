@@ -41,7 +41,14 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from pipelines import training
-from pipelines.common import write_json_atomic, write_text_atomic
+from pipelines.common import (
+    add_no_flow_flag,
+    publish_result,
+    run_name,
+    usage_examples,
+    write_json_atomic,
+    write_text_atomic,
+)
 from pipelines.params import Params, load_params_or_exit
 from tubevit.config.data import LoaderConfig
 from tubevit.config.train import EvaluateConfig
@@ -245,14 +252,19 @@ def _evaluate_task(params: Params, name: str, paths: dict[str, Path | None]) -> 
     return run(params, name, **paths)
 
 
-@flow(name="evaluate", validate_parameters=False)
+@flow(name="evaluate", flow_run_name=run_name("evaluate"), validate_parameters=False)
 def evaluate_flow(params: Params, name: str, paths: dict[str, Path | None]) -> dict[str, Any]:
     """The evaluate stage as a Prefect flow (one task)."""
-    return _evaluate_task(params, name, paths)
+    return publish_result("evaluate", name, _evaluate_task(params, name, paths))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.evaluate", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.evaluate",
+        description=__doc__.split("\n")[0],
+        epilog=usage_examples("evaluate"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("dataset", help="the dataset to evaluate (its val split)")
     parser.add_argument(
         "--model", type=Path, required=True, help="model folder (models/pretrain or models/<ds>)"
@@ -266,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--timing", type=Path, default=None, help="timing JSON (metrics/timing/evaluate-<ds>.json)"
     )
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="the params file")
-    parser.add_argument("--no-flow", action="store_true", help="run without Prefect")
+    add_no_flow_flag(parser)
     return parser
 
 

@@ -36,7 +36,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from pipelines import training
-from pipelines.common import sha256_file
+from pipelines.common import add_no_flow_flag, publish_result, run_name, sha256_file, usage_examples
 from pipelines.params import Params, load_params_or_exit
 from pipelines.pretrain import make_batches, make_validation
 from tubevit.config.base import to_dict
@@ -259,7 +259,7 @@ def _torchrun_task(argv: list[str], nproc: int) -> int:
     return training.run_torchrun("pipelines.finetune", argv, nproc)
 
 
-@flow(name="finetune", validate_parameters=False)
+@flow(name="finetune", flow_run_name=run_name("finetune"), retries=1, validate_parameters=False)
 def finetune_flow(
     params: Params, name: str, paths: dict[str, Path | None], argv: list[str]
 ) -> dict[str, Any] | int:
@@ -271,11 +271,16 @@ def finetune_flow(
         if rc != 0:
             raise RuntimeError(f"finetune {name}: torchrun exited with status {rc}")
         return rc
-    return _train_task(params, name, paths)
+    return publish_result("finetune", name, _train_task(params, name, paths))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.finetune", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.finetune",
+        description=__doc__.split("\n")[0],
+        epilog=usage_examples("finetune"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("dataset", help="the dataset to fine-tune on (a key of finetune: in params)")
     parser.add_argument(
         "--pretrained", type=Path, required=True, help="pretrained model folder (models/pretrain)"
@@ -292,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--timing", type=Path, default=None, help="timing JSON (metrics/timing/finetune-<ds>.json)"
     )
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="the params file")
-    parser.add_argument("--no-flow", action="store_true", help="run without Prefect (torchrun ranks do)")
+    add_no_flow_flag(parser)
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     return parser
 

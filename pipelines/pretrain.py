@@ -37,6 +37,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from pipelines import training
+from pipelines.common import add_no_flow_flag, publish_result, run_name, usage_examples
 from pipelines.params import Params, load_params_or_exit
 from tubevit.config.data import LoaderConfig
 from tubevit.config.model import build_model
@@ -325,7 +326,7 @@ def _torchrun_task(argv: list[str], nproc: int) -> int:
     return training.run_torchrun("pipelines.pretrain", argv, nproc)
 
 
-@flow(name="pretrain", validate_parameters=False)
+@flow(name="pretrain", flow_run_name=run_name("pretrain", None), retries=1, validate_parameters=False)
 def pretrain_flow(params: Params, paths: dict[str, Path | None], argv: list[str]) -> dict[str, Any] | int:
     """The pretrain stage as a Prefect flow: one task that trains in-process (``nproc == 1``) or launches
     ONE torchrun subprocess (``nproc > 1``)."""
@@ -334,11 +335,16 @@ def pretrain_flow(params: Params, paths: dict[str, Path | None], argv: list[str]
         if rc != 0:
             raise RuntimeError(f"pretrain: torchrun exited with status {rc}")
         return rc
-    return _train_task(params, paths)
+    return publish_result("pretrain", None, _train_task(params, paths))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.pretrain", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.pretrain",
+        description=__doc__.split("\n")[0],
+        epilog=usage_examples("pretrain"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
         "--shards",
         type=str,
@@ -354,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--timing", type=Path, default=None, help="timing JSON (metrics/timing/pretrain.json)"
     )
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="the params file")
-    parser.add_argument("--no-flow", action="store_true", help="run without Prefect (torchrun ranks do)")
+    add_no_flow_flag(parser)
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     return parser
 
