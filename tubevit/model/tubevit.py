@@ -158,19 +158,6 @@ class TubeViT(nn.Module):
             names.add("gate.alpha")
         return names
 
-    def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
-        """Two AdamW groups: decay on weight matrices/kernels, none on biases, norms, probe and gate."""
-        skip = self.no_weight_decay()
-        decay, no_decay = [], []
-        for name, p in self.named_parameters():
-            if not p.requires_grad:
-                continue
-            (no_decay if p.ndim < 2 or name in skip else decay).append(p)
-        return [
-            {"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
-
     # ---- forward --------------------------------------------------------------------------------------
 
     def embed(self, x: Tensor) -> Tensor:
