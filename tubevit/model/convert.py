@@ -22,6 +22,17 @@ loaded as above) takes the tubes of a smaller trained TubeViT.
 Then the tokenizer and blocks ``[0, freeze_before)`` are frozen (``requires_grad=False``) and the gated
 skip ``z_s = MLP(LN(y_s)) + y_s + tanh(alpha) * z_0`` (``alpha`` = 0 at init) feeds blocks ``[s, depth)``,
 where ``y_s`` is the output of block ``s - 1`` and ``z_0`` the encoder input.
+
+**``tube_proj`` with frozen blocks** (``tube_proj_grad``, only with the linear map and ``freeze_before > 0``).
+If ``tube_proj`` trained while the blocks before ``s`` are frozen, ``z_0`` would need a gradient, and
+autograd would keep the activations of every frozen block and back-propagate through them: most of the
+paper's training-cost saving lost (26 of 32 blocks for H). So:
+- ``frozen`` (default): ``tube_proj`` is frozen at its ``[I; 0]`` initialisation with the tubes; nothing
+  before the gate needs a gradient.
+- ``gate``: ``tube_proj`` trains from the gate's ``tanh(alpha) * z_0`` term only; the blocks before the
+  gate take ``z_0`` detached (:attr:`TubeViT.detach_stem`), so they still run without a backward.
+- ``full``: ``tube_proj`` trains with the full gradient, back-propagating through the frozen blocks.
+With ``freeze_before == 0`` nothing is frozen and ``tube_proj`` trains with the full gradient.
 """
 
 from __future__ import annotations
@@ -41,6 +52,7 @@ from tubevit.model.tubes import SparseTubeTokenizer, TubeSpec, resize_kernel
 from tubevit.model.tubevit import TubeViT
 
 __all__ = [
+    "TUBE_PROJ_GRAD",
     "ConversionError",
     "LoadReport",
     "detect_layout",
@@ -54,6 +66,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Layout = Literal["auto", "timm", "torchvision"]
+TubeProjGrad = Literal["frozen", "gate", "full"]
+TUBE_PROJ_GRAD: tuple[str, ...] = ("frozen", "gate", "full")
 
 DROPPED = {
     "timm": (re.compile(r"^(cls_token|pos_embed|head\..*)$"),),
@@ -287,6 +301,7 @@ def scale_image_to_video(
     freeze_before: int | None = None,
     width_map: Literal["auto", "s2d", "linear"] = "auto",
     gated: bool = True,
+    tube_proj_grad: TubeProjGrad = "frozen",
 ) -> TubeViT:
     """Give ``large`` (e.g. an image-pretrained ViT loaded with :func:`load_image_vit`) the tubes of the
     trained ``small`` TubeViT, freeze its early layers and add the gated skip (paper §3.6, Eq. 8).
@@ -300,6 +315,9 @@ def scale_image_to_video(
         width_map: ``auto`` (S2D for integer width ratios, else linear), ``s2d`` (error unless the ratio is
             an integer and every tube's stride allows the split) or ``linear``.
         gated: add the ``tanh(alpha) * z_0`` term (``False``: the same block without the gate).
+        tube_proj_grad: how the linear width map trains when blocks are frozen: ``frozen`` (at ``[I; 0]``),
+            ``gate`` (through the gate's ``z_0`` term only; the frozen blocks see ``z_0`` detached) or
+            ``full`` (back-propagating through the frozen blocks); see the module docstring.
 
     Returns:
         ``large``.
@@ -314,6 +332,8 @@ def scale_image_to_video(
     freeze_before = scale_from_layer if freeze_before is None else freeze_before
     if not 0 <= freeze_before <= depth:
         raise ValueError(f"freeze_before must be in [0, {depth}], got {freeze_before}")
+    if tube_proj_grad not in TUBE_PROJ_GRAD:
+        raise ValueError(f"tube_proj_grad must be one of {TUBE_PROJ_GRAD}, got {tube_proj_grad!r}")
     in_chans = small.tokenizer.in_chans
     device = large.norm.weight.device
 
@@ -351,18 +371,23 @@ def scale_image_to_video(
     large.tokenizer = tokenizer
 
     large.add_gate(scale_from_layer, gated=gated)
+    large.detach_stem = False
     if freeze_before > 0:
         for p in large.tokenizer.parameters():
             p.requires_grad_(False)
         for block in large.blocks[:freeze_before]:
             for p in block.parameters():
                 p.requires_grad_(False)
+        if large.tube_proj is not None and tube_proj_grad == "frozen":
+            large.tube_proj.weight.requires_grad_(False)
+        large.detach_stem = large.tube_proj is not None and tube_proj_grad == "gate"
     log.info(
-        "image-to-video scaling: width %d -> %d by %s, gate at layer %d, %d blocks frozen",
+        "image-to-video scaling: width %d -> %d by %s, gate at layer %d, %d blocks frozen%s",
         d_small,
         d_large,
         "S2D" if specs is not None else "linear map",
         scale_from_layer,
         freeze_before,
+        f", tube_proj {tube_proj_grad}" if large.tube_proj is not None and freeze_before > 0 else "",
     )
     return large

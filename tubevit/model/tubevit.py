@@ -110,6 +110,7 @@ class TubeViT(nn.Module):
         self.heads = nn.ModuleDict()
         self.gate: GatedSkip | None = None
         self.gate_index: int | None = None
+        self.detach_stem = False  # blocks before the gate take z_0 detached (image-to-video scaling)
         self.grad_checkpointing = False
         self.apply(_init_weights)
         for name, num_classes in heads.items():
@@ -174,7 +175,9 @@ class TubeViT(nn.Module):
     def forward_features(self, x: Tensor) -> Tensor:
         """``(B, C, T, H, W)`` -> ``(B, N, D)`` encoder output after the final LayerNorm."""
         z0 = self.embed(x)
-        x = self.pos_drop(z0)
+        # detach_stem: only the gate's tanh(alpha) * z_0 term carries a gradient to the tubes, so the
+        # frozen blocks before it need no backward (tubevit.model.convert, tube_proj_grad="gate")
+        x = self.pos_drop(z0.detach() if self.detach_stem else z0)
         for i, block in enumerate(self.blocks):
             if self.gate is not None and i == self.gate_index:
                 x = self.gate(x, z0)
