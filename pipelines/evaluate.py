@@ -32,7 +32,6 @@ import csv
 import io
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +54,6 @@ from tubevit.evaluate import (
     single_label_metrics,
     static_frames,
 )
-from tubevit.train import distributed
 
 __all__ = ["evaluate_flow", "main", "metrics_from_predictions", "run", "write_plots"]
 
@@ -162,10 +160,13 @@ def run(
         KeyError: the model has no head for ``name``.
         ValueError: the evaluated clips do not match ``index.json`` (count or duplicates).
     """
-    t_start = time.perf_counter()
+    # params
     ecfg: EvaluateConfig = params.evaluate
     dcfg = params.dataset(name)
-    info = distributed.init_distributed("auto")
+    stage = training.Stage(f"evaluate-{name}", "auto", None, log)
+    info = stage.info
+
+    # model (its head's input shape sets the clips)
     meta = training.dataset_meta(shards, name, split, dcfg)
     bundle = training.load_model(model_dir)
     if name not in bundle.heads:
@@ -187,6 +188,7 @@ def run(
     )
     views = lcfg.temporal_views * lcfg.spatial_views
 
+    # data
     def loader():
         return eval_loader(
             meta.urls,
@@ -198,6 +200,7 @@ def run(
             world_size=info.world_size,
         )
 
+    # evaluate
     preds = predict(model, loader(), name, device=info.device)
     check_complete(preds.keys, meta.index)
     if preds.logits.shape[1] != views:
@@ -223,20 +226,16 @@ def run(
             "chance": _chance(preds, meta.multilabel, meta.num_classes),
         }
     )
+    # save
     if info.is_main:
         write_json_atomic(metrics, out)
         if plots is not None:
             write_plots(plots, preds, result, meta.classes, meta.multilabel)
-        training.write_timing(
-            timing,
-            f"evaluate-{name}",
-            {
-                "stage_seconds": round(time.perf_counter() - t_start, 3),
-                "clips": len(preds.keys),
-                "views": views,
-            },
-        )
-        log.info("evaluate %s: %s", name, json.dumps(out, sort_keys=True))
+
+    # report
+    stage.report(
+        timing, {"clips": len(preds.keys), "views": views}, f"metrics {json.dumps(out, sort_keys=True)}"
+    )
     return out
 
 

@@ -55,12 +55,15 @@ __all__ = [
     "TUBE_PROJ_GRAD",
     "ConversionError",
     "LoadReport",
+    "apply_scaling_record",
     "detect_layout",
     "image_vit_state_dict",
     "inflate_kernel",
     "load_image_vit",
+    "load_initial_weights",
     "read_state_dict",
     "scale_image_to_video",
+    "scaling_record",
 ]
 
 log = logging.getLogger(__name__)
@@ -391,3 +394,80 @@ def scale_image_to_video(
         f", tube_proj {tube_proj_grad}" if large.tube_proj is not None and freeze_before > 0 else "",
     )
     return large
+
+
+def scaling_record(model: TubeViT) -> dict[str, int | bool | None] | None:
+    """What a scaled model has beyond its config (``None`` if it has no gate): ``{"gate_index": s,
+    "gated": bool, "tube_dim": D_small or None}``. With :func:`apply_scaling_record` it rebuilds the same
+    structure (for a strict ``load_state_dict``)."""
+    if model.gate is None:
+        return None
+    return {
+        "gate_index": model.gate_index,
+        "gated": model.gate.alpha is not None,
+        "tube_dim": model.tokenizer.embed_dim if model.tube_proj is not None else None,
+    }
+
+
+def apply_scaling_record(model: TubeViT, record: Mapping[str, int | bool | None]) -> TubeViT:
+    """Give ``model`` (built from the scaled model's config: its variant and written-out tubes) the gate
+    and, for a linear width map, the ``tube_dim`` tokenizer and ``tube_proj`` of :func:`scaling_record`.
+    Weights are left at their initialisation: load them next. Returns ``model``."""
+    tube_dim = record.get("tube_dim")
+    if tube_dim is not None:
+        device = model.norm.weight.device
+        model.tokenizer = SparseTubeTokenizer(model.tubes, int(tube_dim), model.tokenizer.in_chans).to(device)
+        model.tube_proj = nn.Linear(int(tube_dim), model.embed_dim, bias=False).to(device)
+    model.add_gate(int(record["gate_index"]), gated=bool(record["gated"]))
+    return model
+
+
+def _is_tubevit_state(state: Mapping[str, Tensor]) -> bool:
+    return any(k.startswith("tokenizer.tubes.") for k in state)
+
+
+@torch.no_grad()
+def load_initial_weights(model: TubeViT, state_dict: Mapping[str, Tensor]) -> LoadReport:
+    """Start ``model`` from ``state_dict``: an image ViT (timm or torchvision layout, through
+    :func:`load_image_vit`) or a TubeViT state dict (same architecture: every non-head key must match in
+    name and shape; heads are copied where a head of the same name and shape exists, else kept at init).
+
+    Raises:
+        ConversionError: keys or shapes that do not fit (all listed).
+    """
+    if not _is_tubevit_state(state_dict):
+        return load_image_vit(model, state_dict)
+    own = model.state_dict()
+    report = LoadReport()
+    missing = [k for k in own if not k.startswith("heads.") and k not in state_dict]
+    unexpected = [k for k in state_dict if not k.startswith("heads.") and k not in own]
+    bad = [
+        f"{k} {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in state_dict.items()
+        if not k.startswith("heads.") and k in own and v.shape != own[k].shape
+    ]
+    if missing or unexpected or bad:
+        parts = [
+            f"{what}: {', '.join(keys)}"
+            for what, keys in (
+                ("missing keys", missing),
+                ("unexpected keys", unexpected),
+                ("shape mismatch", bad),
+            )
+            if keys
+        ]
+        raise ConversionError("TubeViT weights do not fit the model; " + "; ".join(parts))
+    for key, value in state_dict.items():
+        if key in own and own[key].shape == value.shape:
+            own[key].copy_(value)
+            report.copied.append(key)
+        else:
+            report.dropped.append(key)  # a head this run does not have (or of another size)
+    report.kept_init = [k for k in own if k not in set(report.copied)]
+    log.info(
+        "loaded TubeViT weights: %d copied, %d heads dropped, %d kept at init",
+        len(report.copied),
+        len(report.dropped),
+        len(report.kept_init),
+    )
+    return report
