@@ -251,8 +251,7 @@ def evaluate_flow(params: Params, name: str, paths: dict[str, Path | None]) -> d
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.evaluate", description=__doc__.split("\n")[0])
-    parser.add_argument("dataset", help="the dataset to evaluate (its val split)")
+    parser = training.stage_parser("pipelines.evaluate", __doc__, "the dataset to evaluate (its val split)")
     parser.add_argument(
         "--model", type=Path, required=True, help="model folder (models/pretrain or models/<ds>)"
     )
@@ -264,7 +263,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--timing", type=Path, default=None, help="timing JSON (metrics/timing/evaluate-<ds>.json)"
     )
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="the params file")
     parser.add_argument("--no-flow", action="store_true", help="run without Prefect")
     return parser
 

@@ -177,41 +177,29 @@ def run(
     objective = build_objective(
         meta.num_classes, multilabel=meta.multilabel, label_smoothing=fcfg.label_smoothing, mixup=fcfg.mixup
     )
+    io = training.RunOutputs(out, checkpoints, live, timing, callbacks, progress)
     result = stage.train(
         fcfg,
         model,
         batches,
         {name: objective},
+        io,
         shapes={name: (lcfg.batch_size, 3, lcfg.frames, lcfg.size, lcfg.size)},
         weights={name: 1.0},
-        checkpoints=checkpoints,
         chash=chash,
         evaluate=evaluate,
-        live=live,
-        progress=progress,
-        callbacks=callbacks,
     )
 
     # save
-    summary = stage.save(
-        out,
-        result,
-        training.ModelBundle(
-            model=model,
-            config=bundle.config,
-            heads={name: meta.num_classes},
-            classes={name: meta.classes},
-            inputs={name: {"frames": lcfg.frames, "size": lcfg.size}},
-            multilabel={name: meta.multilabel},
-            extra={
-                "stage": stage.name,
-                "steps": fcfg.steps,
-                "init": fcfg.init,
-                "pretrained_sha256": weights_sha,
-                "tubes_name": fcfg.tubes,
-            },
-        ),
-    )
+    extra = {
+        "stage": stage.name,
+        "steps": fcfg.steps,
+        "init": fcfg.init,
+        "pretrained_sha256": weights_sha,
+        "tubes_name": fcfg.tubes,
+    }
+    inputs = {name: {"frames": lcfg.frames, "size": lcfg.size}}
+    summary = stage.save(io, result, model, bundle.config, {name: meta}, inputs, extra)
 
     # report
     return stage.report(timing, summary, f"wrote {out}")
@@ -225,25 +213,15 @@ finetune_flow = training.training_flow("finetune", "pipelines.finetune", _run_fr
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.finetune", description=__doc__.split("\n")[0])
-    parser.add_argument("dataset", help="the dataset to fine-tune on (a key of finetune: in params)")
+    parser = training.stage_parser(
+        "pipelines.finetune", __doc__, "the dataset to fine-tune on (a key of finetune: in params)"
+    )
     parser.add_argument(
         "--pretrained", type=Path, required=True, help="pretrained model folder (models/pretrain)"
     )
-    parser.add_argument(
-        "--shards", type=str, required=True, help="shards/<ds>, or a URL such as s3://bucket/shards/<ds>"
+    training.add_training_arguments(
+        parser, "shards/<ds>, or a URL such as s3://bucket/shards/<ds>", "<ds>", "finetune-<ds>"
     )
-    parser.add_argument("--out", type=Path, required=True, help="model folder (models/<ds>)")
-    parser.add_argument(
-        "--checkpoints", type=Path, required=True, help="checkpoint folder (checkpoints/<ds>)"
-    )
-    parser.add_argument("--live", type=Path, default=None, help="dvclive folder (dvclive/finetune-<ds>)")
-    parser.add_argument(
-        "--timing", type=Path, default=None, help="timing JSON (metrics/timing/finetune-<ds>.json)"
-    )
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="the params file")
-    parser.add_argument("--no-flow", action="store_true", help="run without Prefect (torchrun ranks do)")
-    parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     return parser
 
 
@@ -259,14 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    paths = {
-        "pretrained": args.pretrained,
-        "shards": args.shards,
-        "out": args.out,
-        "checkpoints": args.checkpoints,
-        "live": args.live,
-        "timing": args.timing,
-    }
+    paths = {"pretrained": args.pretrained, **training.training_paths(args)}
     nproc = params.finetune[args.dataset].nproc
     return training.launch(
         "pipelines.finetune",

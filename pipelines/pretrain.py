@@ -141,37 +141,24 @@ def run(
         for name, meta in metas.items()
     }
     inputs = {name: {"frames": pcfg.loader[name].frames, "size": pcfg.loader[name].size} for name in weights}
+    io = training.RunOutputs(out, checkpoints, live, timing, callbacks, progress)
     result = stage.train(
         pcfg,
         model,
         batches,
         objectives,
+        io,
         shapes={
             n: (pcfg.loader[n].batch_size, 3, s["frames"], s["size"], s["size"]) for n, s in inputs.items()
         },
         weights=weights,
-        checkpoints=checkpoints,
         chash=chash,
         evaluate=evaluate,
-        live=live,
-        progress=progress,
-        callbacks=callbacks,
     )
 
     # save
-    summary = stage.save(
-        out,
-        result,
-        training.ModelBundle(
-            model=model,
-            config=params.model,
-            heads=heads,
-            classes={name: meta.classes for name, meta in metas.items()},
-            inputs=inputs,
-            multilabel={name: meta.multilabel for name, meta in metas.items()},
-            extra={"stage": STAGE, "steps": pcfg.steps, "datasets": weights},
-        ),
-    )
+    extra = {"stage": STAGE, "steps": pcfg.steps, "datasets": weights}
+    summary = stage.save(io, result, model, params.model, metas, inputs, extra)
 
     # report
     return stage.report(timing, summary, f"wrote {out}")
@@ -185,24 +172,10 @@ pretrain_flow = training.training_flow(STAGE, "pipelines.pretrain", _run_from_ar
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.pretrain", description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--shards",
-        type=str,
-        required=True,
-        help="folder or URL of <ds>/train/index.json (shards/, s3://bucket/shards)",
+    parser = training.stage_parser("pipelines.pretrain", __doc__)
+    training.add_training_arguments(
+        parser, "folder or URL of <ds>/train/index.json (shards/, s3://bucket/shards)", STAGE, STAGE
     )
-    parser.add_argument("--out", type=Path, required=True, help="model folder (models/pretrain)")
-    parser.add_argument(
-        "--checkpoints", type=Path, required=True, help="checkpoint folder (checkpoints/pretrain)"
-    )
-    parser.add_argument("--live", type=Path, default=None, help="dvclive folder (dvclive/pretrain)")
-    parser.add_argument(
-        "--timing", type=Path, default=None, help="timing JSON (metrics/timing/pretrain.json)"
-    )
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="the params file")
-    parser.add_argument("--no-flow", action="store_true", help="run without Prefect (torchrun ranks do)")
-    parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     return parser
 
 
@@ -211,13 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     training.setup_logging()
     params = load_params_or_exit(args.params)
-    paths = {
-        "shards": args.shards,
-        "out": args.out,
-        "checkpoints": args.checkpoints,
-        "live": args.live,
-        "timing": args.timing,
-    }
+    paths = training.training_paths(args)
     return training.launch(
         "pipelines.pretrain",
         argv,

@@ -28,6 +28,7 @@ every shared piece from here:
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import logging
@@ -78,8 +79,10 @@ __all__ = [
     "ModelBundle",
     "ModelCallback",
     "ProgressBar",
+    "RunOutputs",
     "Stage",
     "Timer",
+    "add_training_arguments",
     "configure_threads",
     "data_fingerprint",
     "dataset_meta",
@@ -94,8 +97,10 @@ __all__ = [
     "save_model",
     "set_aside_mismatched_checkpoint",
     "setup_logging",
+    "stage_parser",
     "torchrun_command",
     "training_flow",
+    "training_paths",
     "under_torchrun",
     "write_timing",
 ]
@@ -735,6 +740,18 @@ class ModelCallback(Callback):
         """The model as training starts (after resume is decided, before the first step)."""
 
 
+@dataclass(frozen=True)
+class RunOutputs:
+    """Where a training run writes, and what watches it (the arguments every training ``run()`` takes)."""
+
+    out: Path  # the model folder
+    checkpoints: Path | None  # resumable checkpoints; None: none
+    live: Path | None = None  # dvclive folder (rank 0); None: no dvclive logging
+    timing: Path | None = None  # timing JSON (rank 0); None: none
+    callbacks: Sequence[Callback] = ()  # extra loop callbacks (rank 0)
+    progress: bool = True  # the tqdm bar
+
+
 class Stage:
     """One training-stage process: torchrun rank and device, CPU threads, the timer and the report.
 
@@ -766,20 +783,18 @@ class Stage:
         model: nn.Module,
         batches: Any,
         objectives: Mapping[str, Any],
+        io: RunOutputs,
         *,
         shapes: Mapping[str, tuple[int, ...]],
         weights: Mapping[str, float],
-        checkpoints: Path | None,
         chash: str,
         evaluate: Any = None,
-        live: Path | None = None,
-        progress: bool = True,
-        callbacks: Sequence[Callback] = (),
     ) -> TrainResult:
         """Resume only from a checkpoint of ``chash`` (another one is set aside), attach the callbacks on
         rank 0 after logging the time estimate (``shapes``: dataset -> micro-batch shape, ``weights``:
         mixing weights), and train with ``cfg``'s settings (:func:`train_section`)."""
         self.trained = True
+        checkpoints = io.checkpoints
         resuming = False
         if checkpoints is not None:
             if self.is_main:
@@ -796,11 +811,11 @@ class Stage:
                 format_seconds(estimate),
             )
             calls = [self.timer, EtaLogger(self.name)]
-            if progress:
+            if io.progress:
                 calls.append(ProgressBar(self.name))
-            if live is not None:
-                calls.append(LiveLogger(live, resume=resuming))
-            calls.extend(callbacks)
+            if io.live is not None:
+                calls.append(LiveLogger(io.live, resume=resuming))
+            calls.extend(io.callbacks)
             for cb in calls:
                 if isinstance(cb, ModelCallback):
                     cb.on_model(model)
@@ -816,18 +831,38 @@ class Stage:
             callbacks=calls,
         )
 
-    def save(self, out: Path, result: TrainResult, bundle: ModelBundle) -> dict[str, Any]:
-        """Write the bundle to ``out`` (rank 0) and return the run's summary (steps, start step, final
-        loss, parameters, heads)."""
+    def save(
+        self,
+        io: RunOutputs,
+        result: TrainResult,
+        model: TubeViT,
+        config: ModelConfig,
+        metas: Mapping[str, DatasetMeta],
+        inputs: Mapping[str, dict[str, int]],
+        extra: Mapping[str, Any],
+    ) -> dict[str, Any]:
+        """Write the model bundle to ``io.out`` (rank 0): one head per trained dataset of ``metas`` (its
+        classes and multilabel flag), ``inputs`` (dataset -> ``{"frames", "size"}``) and ``extra``.
+        Returns the run's summary (steps, start step, final loss, parameters, heads)."""
+        heads = {name: meta.num_classes for name, meta in metas.items()}
         if self.is_main:
-            bundle.model.cpu()
-            save_model(out, bundle)
+            model.cpu()
+            bundle = ModelBundle(
+                model=model,
+                config=config,
+                heads=heads,
+                classes={name: meta.classes for name, meta in metas.items()},
+                inputs=dict(inputs),
+                multilabel={name: meta.multilabel for name, meta in metas.items()},
+                extra=dict(extra),
+            )
+            save_model(io.out, bundle)
         return {
             "steps": result.step,
             "start_step": result.start_step,
             "final_loss": result.metrics.get("loss"),
-            "parameters": sum(p.numel() for p in bundle.model.parameters()),
-            "heads": dict(bundle.heads),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "heads": heads,
         }
 
     def report(self, timing: Path | None, summary: dict[str, Any], what: str) -> dict[str, Any]:
@@ -872,6 +907,42 @@ def training_flow(name: str, module: str, run: Callable[..., Any]):
         return train_task(args, kwargs)
 
     return stage_flow
+
+
+def stage_parser(module: str, doc: str, dataset_help: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser of ``python -m <module>``: the first line of ``doc`` as description, a
+    positional ``dataset`` when ``dataset_help`` is given, and ``--params``; add the stage's paths next."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=doc.split("\n")[0])
+    if dataset_help is not None:
+        parser.add_argument("dataset", help=dataset_help)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="the params file")
+    return parser
+
+
+def add_training_arguments(parser: argparse.ArgumentParser, shards: str, out: str, live: str) -> None:
+    """The paths of a training stage (each appears once, in dvc.yaml): ``--shards`` (help ``shards``),
+    ``--out models/<out>``, ``--checkpoints checkpoints/<out>``, ``--live dvclive/<live>``, ``--timing
+    metrics/timing/<live>.json``; and ``--no-flow``, ``--no-progress``."""
+    parser.add_argument("--shards", type=str, required=True, help=shards)
+    parser.add_argument("--out", type=Path, required=True, help=f"model folder (models/{out})")
+    parser.add_argument(
+        "--checkpoints", type=Path, required=True, help=f"checkpoint folder (checkpoints/{out})"
+    )
+    parser.add_argument("--live", type=Path, default=None, help=f"dvclive folder (dvclive/{live})")
+    parser.add_argument("--timing", type=Path, default=None, help=f"timing JSON (metrics/timing/{live}.json)")
+    parser.add_argument("--no-flow", action="store_true", help="run without Prefect (torchrun ranks do)")
+    parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+
+
+def training_paths(args: argparse.Namespace) -> dict[str, Any]:
+    """``run()``'s path arguments from :func:`add_training_arguments`' options."""
+    return {
+        "shards": args.shards,
+        "out": args.out,
+        "checkpoints": args.checkpoints,
+        "live": args.live,
+        "timing": args.timing,
+    }
 
 
 def launch(

@@ -271,7 +271,12 @@ def _image_vit(layout: str, width: int = 64, depth: int = 4, heads: int = 4) -> 
         import torchvision
 
         vit = torchvision.models.VisionTransformer(
-            image_size=64, patch_size=8, num_layers=depth, num_heads=heads, hidden_dim=width, mlp_dim=4 * width
+            image_size=64,
+            patch_size=8,
+            num_layers=depth,
+            num_heads=heads,
+            hidden_dim=width,
+            mlp_dim=4 * width,
         )
     return vit.state_dict()
 
@@ -301,7 +306,9 @@ def test_init_from_an_image_vit_file_starts_from_its_weights(shards, tmp_path, l
     else:
         blocks = {
             "norm.weight": source["encoder.ln.weight"],
-            "blocks.0.attn.qkv.weight": source["encoder.layers.encoder_layer_0.self_attention.in_proj_weight"],
+            "blocks.0.attn.qkv.weight": source[
+                "encoder.layers.encoder_layer_0.self_attention.in_proj_weight"
+            ],
             "blocks.3.mlp.fc2.weight": source["encoder.layers.encoder_layer_3.mlp.3.weight"],
         }
         patch_w, patch_b = source["conv_proj.weight"], source["conv_proj.bias"]
@@ -309,7 +316,7 @@ def test_init_from_an_image_vit_file_starts_from_its_weights(shards, tmp_path, l
     assert len(blocks) >= 3
     for key, value in blocks.items():
         assert torch.equal(start.state[key], value), key
-    image_tube = [i for i, s in enumerate(get_tube_set("embedded")) if s.kernel == (1, 8, 8)][0]
+    image_tube = next(i for i, s in enumerate(get_tube_set("embedded")) if s.kernel == (1, 8, 8))
     assert torch.equal(start.state[f"tokenizer.tubes.{image_tube}.proj.weight"], patch_w.unsqueeze(2))
     assert torch.equal(start.state[f"tokenizer.tubes.{image_tube}.proj.bias"], patch_b)
     assert start.frozen == set()
