@@ -42,6 +42,7 @@ from prefect.cache_policies import NO_CACHE
 from pipelines import training
 from pipelines.common import write_json_atomic, write_text_atomic
 from pipelines.params import Params, load_params_or_exit
+from tubevit.bundle import load_model
 from tubevit.config.data import LoaderConfig
 from tubevit.config.train import EvaluateConfig
 from tubevit.data.shards import check_complete, eval_loader
@@ -168,7 +169,7 @@ def run(
 
     # model (its head's input shape sets the clips)
     meta = training.dataset_meta(shards, name, split, dcfg)
-    bundle = training.load_model(model_dir)
+    bundle = load_model(model_dir)
     if name not in bundle.heads:
         raise KeyError(f"{model_dir}: the model has no head for {name!r} (heads: {', '.join(bundle.heads)})")
     if bundle.heads[name] != meta.num_classes:

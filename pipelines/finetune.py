@@ -33,6 +33,7 @@ import torch
 from pipelines import training
 from pipelines.common import sha256_file
 from pipelines.params import Params, load_params_or_exit
+from tubevit.bundle import ModelBundle, load_model, weights_file
 from tubevit.config.base import to_dict
 from tubevit.config.model import build_model
 from tubevit.config.train import FinetuneConfig
@@ -93,7 +94,7 @@ def switch_tubes(model: TubeViT, tubes: str, frames: int, size: int) -> dict[str
     return {"parameters": after_params, "tokens": after_tokens}
 
 
-def prepare_model(bundle: training.ModelBundle, name: str, num_classes: int, fcfg: FinetuneConfig) -> TubeViT:
+def prepare_model(bundle: ModelBundle, name: str, num_classes: int, fcfg: FinetuneConfig) -> TubeViT:
     """The fine-tuning model: pretrained weights (or the same architecture from scratch with
     ``init: scratch``), every pretrained head dropped, a new head ``name`` with ``num_classes`` outputs,
     head dropout ``fcfg.dropout``, and the tubes switched when ``fcfg.tubes`` is set."""
@@ -166,9 +167,9 @@ def run(
         )
 
     # model: the pretrained bundle with a new head
-    bundle = training.load_model(pretrained)
+    bundle = load_model(pretrained)
     model = prepare_model(bundle, name, meta.num_classes, fcfg)
-    weights_sha = sha256_file(Path(pretrained) / training.MODEL_FILE)
+    weights_sha = sha256_file(weights_file(pretrained))
     chash = config_hash(
         training.hashable_config(fcfg), to_dict(bundle.config), weights_sha, training.data_fingerprint([meta])
     )

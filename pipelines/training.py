@@ -9,11 +9,8 @@ every shared piece from here:
   :func:`make_batches` (the loop's batch factory: joint, resumable) and :func:`make_validation`
   (in-training evaluation).
 - Model: :func:`pretrain_model` (seeded; ``init_from`` image-ViT or TubeViT weights, image-to-video
-  scaling from ``tubes_from``, paper §3.6) and the bundles: ``<dir>/model.pt`` (a bare ``state_dict``,
-  loadable with ``torch.load(weights_only=True)``; the fixed position embedding is a non-persistent buffer
-  and never in it) and ``<dir>/config.json`` (the model config with the tube specs written out, heads with
-  their class counts, class names, the input shape each head was trained on, and ``scaling`` for a model
-  with the image-to-video gate). :func:`save_model` / :func:`load_model`.
+  scaling from ``tubes_from``, paper §3.6). Model bundles: :class:`ModelBundle`, :func:`save_model` /
+  :func:`load_model` live in :mod:`tubevit.bundle` and are re-exported here under the same names.
 - Train: :meth:`Stage.train` sets a mismatched checkpoint aside, attaches the callbacks on rank 0
   (:class:`ProgressBar` (tqdm), :class:`LiveLogger` (dvclive), :class:`EtaLogger`, :class:`Timer`, the
   stage's own) after logging :func:`estimate_seconds`, and runs :func:`tubevit.train.loop.train` with the
@@ -38,41 +35,35 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from pipelines.common import read_json, write_json_atomic
-from tubevit.config.base import build, to_dict
+from pipelines.common import write_json_atomic
+from tubevit.bundle import BUNDLE_FORMAT, CONFIG_FILE, MODEL_FILE, ModelBundle, load_model, save_model
+from tubevit.config.base import to_dict
 from tubevit.config.data import DatasetConfig, LoaderConfig
 from tubevit.config.model import ModelConfig, build_model
 from tubevit.config.train import PretrainConfig
 from tubevit.data.shards import JointBatches, eval_loader, read_index, shard_urls, step_counts, train_loader
 from tubevit.evaluate import aggregate, multilabel_metrics, predict, topk_accuracy
-from tubevit.model.convert import (
-    apply_scaling_record,
-    load_initial_weights,
-    read_state_dict,
-    scale_image_to_video,
-    scaling_record,
-)
-from tubevit.model.tubes import token_counts
+from tubevit.model.convert import load_initial_weights, read_state_dict, scale_image_to_video
 from tubevit.model.tubevit import TubeViT
 from tubevit.train import distributed
 from tubevit.train.checkpoint import (
     CHECKPOINT_NAME,
     CheckpointError,
     latest_checkpoint,
-    load_weights,
-    save_weights,
 )
 from tubevit.train.loop import Callback, TrainResult, train
 
 __all__ = [
     "BUNDLE_FORMAT",
+    "CONFIG_FILE",
+    "MODEL_FILE",
     "DatasetMeta",
     "EtaLogger",
     "LiveLogger",
@@ -106,10 +97,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-BUNDLE_FORMAT = 1
-MODEL_FILE = "model.pt"
-CONFIG_FILE = "config.json"
 
 
 # ------------------------------------------------------------------------------------------- datasets
@@ -194,87 +181,6 @@ def data_fingerprint(metas: Sequence[DatasetMeta]) -> dict[str, str]:
             data = Path(meta.index.removeprefix("file://")).read_bytes()
         out[meta.name] = hashlib.sha256(data).hexdigest()
     return out
-
-
-# ------------------------------------------------------------------------------------------- bundles
-@dataclass
-class ModelBundle:
-    """A trained model and what ``config.json`` says about it."""
-
-    model: TubeViT
-    config: ModelConfig  # tubes written out as specs
-    heads: dict[str, int]  # dataset -> number of classes
-    classes: dict[str, list[str]]  # dataset -> class names
-    inputs: dict[str, dict[str, int]]  # dataset -> {"frames": T, "size": S} it was trained on
-    multilabel: dict[str, bool]
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def _config_with_specs(cfg: ModelConfig, model: TubeViT) -> ModelConfig:
-    """``cfg`` with ``tubes`` replaced by the model's current specs written out (after set_tubes)."""
-    return ModelConfig(**{**to_dict(cfg), "tubes": [spec.to_dict() for spec in model.tubes]})
-
-
-def save_model(directory: str | Path, bundle: ModelBundle) -> Path:
-    """Write ``<directory>/model.pt`` and ``<directory>/config.json`` atomically; returns ``directory``."""
-    directory = Path(directory)
-    model = bundle.model
-    cfg = _config_with_specs(bundle.config, model)
-    tokens = {
-        ds: sum(token_counts(model.tubes, shape["frames"], shape["size"], shape["size"]))
-        for ds, shape in bundle.inputs.items()
-    }
-    save_weights(directory / MODEL_FILE, model.state_dict())
-    scaling = scaling_record(model)
-    write_json_atomic(
-        directory / CONFIG_FILE,
-        {
-            "format": BUNDLE_FORMAT,
-            "model": to_dict(cfg),
-            "heads": dict(bundle.heads),
-            "classes": bundle.classes,
-            "inputs": bundle.inputs,
-            "multilabel": bundle.multilabel,
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "tokens": tokens,
-            **bundle.extra,
-            **({"scaling": scaling} if scaling is not None else {}),
-        },
-    )
-    return directory
-
-
-def load_model(directory: str | Path) -> ModelBundle:
-    """Rebuild the model of ``<directory>/config.json`` and load ``<directory>/model.pt`` (strict,
-    ``weights_only=True``).
-
-    Raises:
-        FileNotFoundError: a file of the bundle is missing.
-        ValueError: ``config.json`` is not a bundle config of this format.
-    """
-    directory = Path(directory)
-    for name in (CONFIG_FILE, MODEL_FILE):
-        if not (directory / name).is_file():
-            raise FileNotFoundError(f"{directory / name}: missing (not a model folder written by a stage)")
-    meta = read_json(directory / CONFIG_FILE)
-    if not isinstance(meta, dict) or meta.get("format") != BUNDLE_FORMAT:
-        raise ValueError(f"{directory / CONFIG_FILE}: not a model config of format {BUNDLE_FORMAT}")
-    cfg = build(ModelConfig, meta["model"], "model")
-    heads = {str(k): int(v) for k, v in meta["heads"].items()}
-    model = build_model(cfg, heads)
-    if meta.get("scaling"):  # the image-to-video gate (and linear width map) of a scaled model
-        apply_scaling_record(model, meta["scaling"])
-    model.load_state_dict(load_weights(directory / MODEL_FILE), strict=True)
-    known = {"format", "model", "heads", "classes", "inputs", "multilabel", "parameters", "tokens", "scaling"}
-    return ModelBundle(
-        model=model,
-        config=cfg,
-        heads=heads,
-        classes={k: list(v) for k, v in meta["classes"].items()},
-        inputs={k: dict(v) for k, v in meta["inputs"].items()},
-        multilabel={k: bool(v) for k, v in meta["multilabel"].items()},
-        extra={k: v for k, v in meta.items() if k not in known},
-    )
 
 
 # ------------------------------------------------------------------------------------------- resume

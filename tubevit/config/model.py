@@ -4,6 +4,7 @@
 model:
   variant: nano            # nano | tiny | small | base | large | huge
   tubes: embedded          # a tube set name, or a list of {kernel, stride, offset, s2d} specs
+                           # (offset, s2d, learned_kernel optional; null is the same as omitting the key)
   drop_path_rate: 0.0
   head_dropout: 0.0        # dropout before each dataset's classifier (fine-tuning sets it per dataset)
   head_mlp: false          # big_vision's MLP in the MAP head
@@ -21,7 +22,24 @@ from tubevit.config.base import ConfigError, check
 from tubevit.model.tubes import TubeSpec, TubeSpecError, parse_tubes
 from tubevit.model.tubevit import TubeViT, create_model
 
-__all__ = ["ModelConfig", "build_model"]
+__all__ = ["OPTIONAL_SPEC_KEYS", "ModelConfig", "build_model", "drop_null_keys"]
+
+OPTIONAL_SPEC_KEYS = ("offset", "s2d", "learned_kernel")
+"""Keys of a tube spec with a default: written as ``null`` (YAML ``~``, JSON ``null``) they mean the default."""
+
+
+def drop_null_keys(tubes: Any) -> Any:
+    """``tubes`` with the optional spec keys whose value is ``None`` removed, so that ``"s2d": null``
+    means the same as no ``s2d`` key. A set name, or anything that is not a list of mappings, is returned
+    unchanged (validation reports it)."""
+    if isinstance(tubes, str) or not isinstance(tubes, list | tuple):
+        return tubes
+    return [
+        {k: v for k, v in spec.items() if not (k in OPTIONAL_SPEC_KEYS and v is None)}
+        if isinstance(spec, Mapping)
+        else spec
+        for spec in tubes
+    ]
 
 VariantName = Literal["nano", "tiny", "small", "base", "large", "huge"]
 
@@ -42,6 +60,7 @@ class ModelConfig:
         for name in ("drop_path_rate", "drop_rate", "attn_drop_rate", "head_dropout"):
             value = getattr(self, name)
             check(0.0 <= value < 1.0, name, f"must be in [0, 1), got {value}")
+        object.__setattr__(self, "tubes", drop_null_keys(self.tubes))
         try:
             specs = parse_tubes(self.tubes)
         except TubeSpecError as exc:
