@@ -13,7 +13,7 @@ from tubevit.train.checkpoint import CHECKPOINT_NAME, CheckpointError, load_chec
 from tubevit.train.loop import Callback, NonFiniteLossError, train
 from tubevit.train.optim import lr_factor
 
-from .helpers import OPTIM, StandIn, joint_batches, make_batch, objectives
+from .helpers import OPTIM, StandIn, joint_batches, make_batch, model_input, objectives
 
 
 def fresh(seed: int = 0, dropout: float = 0.0) -> StandIn:
@@ -81,7 +81,7 @@ def test_callbacks_metrics_schedule_and_evaluation():
     def evaluate(model, step):
         seen_modes.append(model.training)
         batch = make_batch("kinetics", 10_000 + step, 256)
-        acc = (model(batch["video"], "kinetics").argmax(1) == batch["label"]).float().mean().item()
+        acc = (model(model_input(batch), "kinetics").argmax(1) == batch["label"]).float().mean().item()
         return {"top1": acc}
 
     steps = 80
