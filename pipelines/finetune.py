@@ -158,6 +158,7 @@ def run(
         accum_steps=fcfg.accum_steps,
         rank=stage.info.rank,
         world_size=stage.info.world_size,
+        device=stage.device,
     )
     evaluate = None
     if fcfg.eval_every > 0:

@@ -112,6 +112,7 @@ def run(
         accum_steps=pcfg.accum_steps,
         rank=stage.info.rank,
         world_size=stage.info.world_size,
+        device=stage.device,
     )
     evaluate = None
     if pcfg.eval_every > 0 and metas_val:

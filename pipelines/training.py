@@ -26,6 +26,7 @@ every shared piece from here:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import logging
@@ -48,6 +49,7 @@ from tubevit.config.base import to_dict
 from tubevit.config.data import DatasetConfig, LoaderConfig
 from tubevit.config.model import ModelConfig, build_model
 from tubevit.config.train import PretrainConfig
+from tubevit.data.augment import resolve_augment_on
 from tubevit.data.shards import JointBatches, eval_loader, read_index, shard_urls, step_counts, train_loader
 from tubevit.evaluate import aggregate, multilabel_metrics, predict, topk_accuracy
 from tubevit.model.convert import load_initial_weights, read_state_dict, scale_image_to_video
@@ -144,8 +146,9 @@ def dataset_meta(shards: str | Path, name: str, split: str, cfg: DatasetConfig) 
     )
 
 
-EXECUTION_KEYS = ("device", "compile", "checkpoint_every", "eval_every", "nproc")
-"""Top-level keys of a pretrain/finetune config that say how a run executes, not what it learns."""
+EXECUTION_KEYS = ("device", "compile", "grad_checkpointing", "checkpoint_every", "eval_every", "nproc")
+"""Top-level keys of a pretrain/finetune config that say how a run executes, not what it learns
+(``precision`` changes the numbers and stays in the hash)."""
 LOADER_EXECUTION_KEYS = ("workers", "cache_mb")
 """Loader keys left out of the checkpoint hash. ``cache_mb`` never changes a batch. ``workers`` changes the
 sample order (each worker draws its own shards), so a resume with another worker count continues training
@@ -471,7 +474,8 @@ def train_section(
     """Run :func:`tubevit.train.loop.train` with the settings of one training section.
 
     ``cfg`` is a :class:`~tubevit.config.train.PretrainConfig` or
-    :class:`~tubevit.config.train.FinetuneConfig`: both carry optim, steps, accum_steps, compile, seed,
+    :class:`~tubevit.config.train.FinetuneConfig`: both carry optim, steps, accum_steps, compile,
+    precision, grad_checkpointing, seed,
     checkpoint_every and eval_every, which pretrain and finetune pass on identically.
     """
     return train(
@@ -483,6 +487,8 @@ def train_section(
         accum_steps=cfg.accum_steps,
         device=device,
         compile=cfg.compile,
+        precision=cfg.precision,
+        grad_checkpointing=cfg.grad_checkpointing,
         seed=cfg.seed,
         checkpoint_dir=checkpoints,
         checkpoint_every=cfg.checkpoint_every,
@@ -513,13 +519,21 @@ def make_batches(
     accum_steps: int,
     rank: int,
     world_size: int,
+    device: torch.device,
 ):
     """The loop's batch factory: ``batches(start_step)`` -> the joint micro-batches from ``start_step`` on.
 
     A pure function of ``start_step``: each dataset's loader starts at the batch position that the steps
-    before ``start_step`` consumed (``step_counts`` x ``accum_steps``), in the epoch it falls in.
+    before ``start_step`` consumed (``step_counts`` x ``accum_steps``), in the epoch it falls in. Each
+    loader's ``augment_on: auto`` is resolved for the training ``device``
+    (:func:`tubevit.data.augment.resolve_augment_on`: ``device`` on CUDA); the batches are uint8 and the
+    loop normalises them on the device.
     """
     weights = dict(weights)
+    loaders = {
+        name: dataclasses.replace(lcfg, augment_on=resolve_augment_on(lcfg.augment_on, device))
+        for name, lcfg in loaders.items()
+    }
 
     def batches(start_step: int) -> JointBatches:
         counts = step_counts(weights, seed, start_step)

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tubevit.data.augment import to_model_input
 from tubevit.train import distributed
 
 __all__ = [
@@ -171,7 +172,8 @@ def predict(
         transform: an optional control applied to each video batch (:func:`shuffle_frames`,
             :func:`static_frames`), drawing from a generator seeded with ``seed``.
 
-    Under torchrun every rank predicts its part and the parts are gathered on every rank (CPU tensors).
+    ``video`` is uint8 (or float levels in [0, 255]); it is moved to ``device`` and normalised there with
+    :func:`tubevit.data.augment.to_model_input`. Under torchrun every rank predicts its part and the parts are gathered on every rank (CPU tensors).
     bf16 autocast on CUDA.
     """
     device = torch.device(device)
@@ -185,11 +187,12 @@ def predict(
     logits: list[torch.Tensor] = []
     labels: list[torch.Tensor] = []
     for batch in batches:
-        video = batch["video"]
+        video = batch["video"]  # uint8 (B, C, T, size, size) from the loader
         if transform is not None:
             video = transform(video, generator)
+        x = to_model_input({"video": video}, device)  # normalised on the device, float32 (B, C, T, H, W)
         with autocast:
-            out = model(video.to(device, non_blocking=True), dataset)
+            out = model(x, dataset)
         logits.append(out.float().cpu())
         labels.append(batch["label"].cpu())
         keys.extend(batch["key"])

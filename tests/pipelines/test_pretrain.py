@@ -382,3 +382,53 @@ def test_image_to_video_scaling_through_the_stage(base, shards, tmp_path):
     assert bundle.model.gate_index == 10 and bundle.model.tube_proj.weight.shape == (192, 64)
     x = torch.zeros(2, 3, 8, 64, 64)
     assert bundle.model.eval()(x, "kinetics").shape == (2, config["heads"]["kinetics"])
+
+
+# ---- issue 8 settings through the shared stage module -----------------------------------------------------
+
+
+def test_augment_on_is_resolved_for_the_training_device(shards):
+    """``augment_on: auto`` becomes ``device`` for a CUDA run and the measured CPU choice for a CPU run;
+    an explicit value is kept."""
+    from tubevit.data.augment import CPU_AUTO_CHOICE
+
+    params = micro_params()
+    metas = {
+        name: training.dataset_meta(training.join_url(shards, name), name, "train", params.dataset(name))
+        for name in params.pretrain.datasets
+    }
+    loaders = dict(params.pretrain.loader)
+    loaders["imagenet"] = dataclasses.replace(loaders["imagenet"], augment_on="cpu")
+    assert loaders["kinetics"].augment_on == "auto"
+    for device, expected in ((torch.device("cpu"), CPU_AUTO_CHOICE), (torch.device("cuda"), "device")):
+        batches = training.make_batches(
+            metas,
+            loaders,
+            params.pretrain.datasets,
+            seed=0,
+            accum_steps=1,
+            rank=0,
+            world_size=1,
+            device=device,
+        )(0)
+        assert batches.loaders["kinetics"].augment_on == expected
+        assert batches.loaders["imagenet"].augment_on == "cpu"
+
+
+def test_grad_checkpointing_and_precision_reach_the_loop(shards, tmp_path):
+    """``grad_checkpointing`` switches the model's activation checkpointing on (an execution key: the
+    checkpoint hash ignores it); ``precision`` is passed to the loop and is part of the hash."""
+
+    class Model(training.ModelCallback):
+        def on_model(self, model):
+            self.model = model
+
+    seen = Model()
+    params = _with(micro_params(), grad_checkpointing=True)
+    pretrain.run(params, shards, tmp_path / "m", None, callbacks=[seen], progress=False)
+    assert seen.model.grad_checkpointing is True
+    base = pretrain.run_config_hash(micro_params(), {})
+    assert pretrain.run_config_hash(params, {}) == base
+    assert pretrain.run_config_hash(_with(micro_params(), precision="fp32"), {}) != base
+    with pytest.raises(ValueError, match="precision"):
+        pretrain.run(_with(micro_params(), precision="fp8"), shards, tmp_path / "x", None, progress=False)

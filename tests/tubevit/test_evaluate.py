@@ -9,6 +9,7 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
+from tubevit.data.augment import normalize
 from tubevit.evaluate import (
     aggregate,
     charades_map,
@@ -144,7 +145,13 @@ def test_predict_gathers_views_and_applies_controls():
     ]
     out = predict(Echo(), batches, "ssv2")
     assert out.keys == ["k0", "k1"] and out.labels.tolist() == [1, 0]
-    torch.testing.assert_close(out.logits, torch.tensor([[[3.0, 3.0], [4.0, 4.0]], [[1.0, 1.0], [2.0, 2.0]]]))
+
+    def level(v: float) -> float:  # predict normalises the loader's levels on the device (issue 8)
+        return normalize(torch.full((1, 3, 1, 1, 1), v))[0, 0, 0, 0, 0].item()
+
+    expected = [[[level(3), level(3)], [level(4), level(4)]], [[level(1), level(1)], [level(2), level(2)]]]
+    torch.testing.assert_close(out.logits, torch.tensor(expected))
+    assert level(1) == pytest.approx((1 / 255 - 0.485) / 0.229, rel=1e-4)
     calls = []
 
     def control(video, generator):
@@ -152,4 +159,5 @@ def test_predict_gathers_views_and_applies_controls():
         return video * 0
 
     zeroed = predict(Echo(), batches, "ssv2", transform=control)
-    assert calls == [(2, 3, 2, 4, 4), (1, 3, 2, 4, 4), (1, 3, 2, 4, 4)] and not zeroed.logits.any()
+    assert calls == [(2, 3, 2, 4, 4), (1, 3, 2, 4, 4), (1, 3, 2, 4, 4)]
+    assert (zeroed.logits == level(0)).all()
