@@ -38,6 +38,7 @@ from pipelines.params import Params, load_params_or_exit
 from tubevit.train.checkpoint import config_hash
 from tubevit.train.loop import Callback
 from tubevit.train.losses import build_objective
+from tubevit.viz import draw_tubes
 
 __all__ = ["main", "pretrain_flow", "run", "run_config_hash"]
 
@@ -68,6 +69,7 @@ def run(
     *,
     callbacks: Sequence[Callback] = (),
     progress: bool = True,
+    tubes_plot: Path | None = None,
 ) -> dict[str, Any]:
     """Pretrain ``params.model`` on ``params.pretrain.datasets`` and write the model bundle to ``out``.
 
@@ -81,6 +83,9 @@ def run(
         callbacks: extra loop callbacks (rank 0); a :class:`training.ModelCallback` also sees the model
             right before the first step.
         progress: show the tqdm bar.
+        tubes_plot: a PNG (rank 0) of where the trained model's tubes sample the first video dataset's
+            training clip (:func:`tubevit.viz.draw_tubes`; the active tubes, skipped ones in the legend);
+            ``None``: none.
 
     Returns the summary (steps, final loss, seconds, clips/s), also what the timing file holds.
 
@@ -162,11 +167,18 @@ def run(
     summary = stage.save(io, result, model, params.model, metas, inputs, extra)
 
     # report
+    if tubes_plot is not None and stage.is_main:
+        video = [n for n in weights if inputs[n]["frames"] > 1] or list(weights)
+        shape = inputs[video[0]]
+        title = f"{params.model.variant}: {video[0]} clip"
+        draw_tubes(model.tubes, shape["frames"], shape["size"], tubes_plot, title)
     return stage.report(timing, summary, f"wrote {out}")
 
 
-def _run_from_args(params: Params, paths: dict[str, Any], progress: bool = True) -> dict[str, Any]:
-    return run(params, **paths, progress=progress)
+def _run_from_args(
+    params: Params, paths: dict[str, Any], progress: bool = True, tubes_plot: Path | None = None
+) -> dict[str, Any]:
+    return run(params, **paths, progress=progress, tubes_plot=tubes_plot)
 
 
 pretrain_flow = training.training_flow(STAGE, "pipelines.pretrain", _run_from_args)
@@ -176,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = training.stage_parser("pipelines.pretrain", __doc__)
     training.add_training_arguments(
         parser, "folder or URL of <ds>/train/index.json (shards/, s3://bucket/shards)", STAGE, STAGE
+    )
+    parser.add_argument(
+        "--tubes-plot", type=Path, default=None, help="PNG of the model's tubes on a clip (plots/tubes.png)"
     )
     return parser
 
@@ -191,8 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         argv,
         params.pretrain.nproc,
         args.no_flow,
-        run=lambda: _run_from_args(params, paths, progress=not args.no_progress),
-        flow=lambda: pretrain_flow(params.pretrain.nproc, argv, (params, paths), {}),
+        run=lambda: _run_from_args(params, paths, not args.no_progress, args.tubes_plot),
+        flow=lambda: pretrain_flow(params.pretrain.nproc, argv, (params, paths, True, args.tubes_plot), {}),
     )
 
 

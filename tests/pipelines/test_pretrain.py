@@ -432,3 +432,21 @@ def test_grad_checkpointing_and_precision_reach_the_loop(shards, tmp_path):
     assert pretrain.run_config_hash(_with(micro_params(), precision="fp32"), {}) != base
     with pytest.raises(ValueError, match="precision"):
         pretrain.run(_with(micro_params(), precision="fp8"), shards, tmp_path / "x", None, progress=False)
+
+
+def test_main_writes_the_tubes_plot(shards, tmp_path):
+    """``--tubes-plot`` (a path from dvc.yaml): a PNG of the trained model's tubes on the kinetics
+    training clip (8x64^2: the 8x2x2 tube has no position and is listed as skipped)."""
+    from PIL import Image
+
+    from tubevit.viz import canvas_size
+
+    plot = tmp_path / "plots" / "tubes.png"
+    argv = ["--shards", str(shards), "--out", str(tmp_path / "m"), "--checkpoints", str(tmp_path / "ck")]
+    argv += ["--params", str(PARAMS), "--no-flow", "--no-progress", "--tubes-plot", str(plot)]
+    assert pretrain.main(argv) == 0
+    assert (tmp_path / "m" / "model.pt").is_file()
+    with Image.open(plot) as image:
+        assert image.format == "PNG" and image.size == canvas_size(len(get_tube_set("embedded")))
+        assert len(image.convert("RGB").getcolors(maxcolors=100_000)) > 4  # drawn, not blank
+    assert not list(plot.parent.glob(".*tmp*"))  # written atomically
