@@ -1,4 +1,5 @@
-"""Helpers shared by every stage: atomic writes, JSON lines, checksums, per-item outcomes, task runners.
+"""Helpers shared by every stage: atomic writes, JSON lines, checksums, per-item outcomes, task runners,
+and the Prefect conventions (flow run names, logs and result artifacts, the ``--no-flow`` flag).
 
 Rules that these helpers enforce (DESIGN.md, "DVC outs"):
 - Never modify an existing out file in place: with DVC's hardlink/symlink cache those bytes are the cache's.
@@ -9,13 +10,17 @@ Rules that these helpers enforce (DESIGN.md, "DVC outs"):
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import json
 import logging
 import os
+import re
+import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,3 +163,179 @@ def task_runner(workers: int = 2, dask_address: str | None = None):
     from prefect.task_runners import ThreadPoolTaskRunner
 
     return ThreadPoolTaskRunner(max_workers=workers)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Prefect: where a stage's flow runs show up (run names, logs, artifacts) and the command-line conventions
+# --------------------------------------------------------------------------------------------------------
+
+FORWARDED_LOGGERS = ("tubevit", "pipelines")  # library and stage loggers that reach the Prefect UI
+NO_FLOW_HELP = "run without Prefect: no flow, no server needed (torchrun ranks use it too)"
+
+
+def forward_logs_to_prefect(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
+    """Make every ``tubevit.*`` and ``pipelines.*`` logger reach the Prefect UI (per-item failures, time
+    estimates, summaries), in this process and in the processes it starts.
+
+    Adds the two names to ``PREFECT_LOGGING_EXTRA_LOGGERS`` in ``environ`` (default ``os.environ``), keeping
+    names already there, and sets ``PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW=ignore`` unless it is set (the
+    same loggers also run outside flows, e.g. with ``--no-flow``). Prefect reads both when it is first
+    imported: ``pipelines/__init__.py`` calls this, so every ``python -m pipelines.<stage>`` has them.
+    Returns the environment (for subprocesses).
+    """
+    env = os.environ if environ is None else environ
+    names = [n.strip() for n in env.get("PREFECT_LOGGING_EXTRA_LOGGERS", "").split(",") if n.strip()]
+    names += [n for n in FORWARDED_LOGGERS if n not in names]
+    env["PREFECT_LOGGING_EXTRA_LOGGERS"] = ",".join(names)
+    env.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+    return env  # type: ignore[return-value]
+
+
+def run_name(stage: str, dataset_param: str | None = "name") -> Callable[[], str]:
+    """A ``flow_run_name`` callable: ``<stage>-<dataset>-<UTC time>`` (``reencode-kinetics-20260129-030000``).
+
+    Args:
+        stage: the stage name (the flow's name).
+        dataset_param: the flow parameter holding the dataset name; None for a stage of no dataset
+            (``pretrain-<UTC time>``).
+    """
+
+    def name() -> str:
+        from prefect.runtime import flow_run
+
+        parts = [stage]
+        if dataset_param is not None:
+            value = flow_run.parameters.get(dataset_param)
+            if value:
+                parts.append(str(value))
+        parts.append(time.strftime("%Y%m%d-%H%M%S", time.gmtime()))
+        return "-".join(parts)
+
+    return name
+
+
+def _cell(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False) if isinstance(value, list | dict) else str(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _flatten(result: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    rows: list[tuple[str, Any]] = []
+    for key, value in result.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            rows += _flatten(value, name + ".")
+        else:
+            rows.append((name, value))
+    return rows
+
+
+def result_markdown(
+    title: str, result: Mapping[str, Any], failures: Sequence[Mapping[str, Any]] = (), max_rows: int = 50
+) -> str:
+    """A stage's result as markdown: a ``| key | value |`` table of every value (nested keys dotted), then
+    a table of the failures (id, split, kind, reason; at most ``max_rows``, with the count of the rest)."""
+    lines = [f"# {title}", "", "| key | value |", "|---|---|"]
+    lines += [f"| {_cell(k)} | {_cell(v)} |" for k, v in _flatten(result)]
+    lines += ["", f"## Failures: {len(failures)}"]
+    if failures:
+        columns = [c for c in ("id", "split", "kind", "reason") if any(c in f for f in failures)]
+        lines += ["", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        for f in failures[:max_rows]:
+            lines.append("| " + " | ".join(_cell(f.get(c, "")) for c in columns) + " |")
+        if len(failures) > max_rows:
+            lines.append(f"\n... and {len(failures) - max_rows} more (see failures.jsonl)")
+    return "\n".join(lines) + "\n"
+
+
+def artifact_key(stage: str, dataset: str | None) -> str:
+    """The Prefect artifact key of a stage's result (lowercase letters, digits and dashes)."""
+    raw = f"{stage}-{dataset}" if dataset else stage
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", raw.lower())).strip("-")
+
+
+def publish_result(
+    stage: str,
+    dataset: str | None,
+    result: Any,
+    failures: str | os.PathLike | Sequence[Mapping[str, Any]] | None = None,
+) -> Any:
+    """Publish a stage's result as a Prefect markdown artifact (key ``<stage>-<dataset>``) and return it.
+
+    Called at the end of each stage's flow. Outside a flow run (``--no-flow``), or for a result that is not
+    a mapping (a torchrun exit status), it only returns ``result``.
+
+    Args:
+        failures: the stage's ``failures.jsonl`` (a path; missing = none) or its rows.
+    """
+    from prefect.artifacts import create_markdown_artifact
+    from prefect.context import FlowRunContext
+
+    if FlowRunContext.get() is None or not isinstance(result, Mapping):
+        return result
+    rows = read_jsonl(failures) if isinstance(failures, str | os.PathLike) else list(failures or ())
+    title = f"{stage} · {dataset}" if dataset else stage
+    create_markdown_artifact(
+        key=artifact_key(stage, dataset),
+        markdown=result_markdown(title, result, rows),
+        description=f"{title}: result, counts and failures",
+    )
+    return result
+
+
+def add_no_flow_flag(parser: argparse.ArgumentParser) -> None:
+    """``--no-flow`` (``args.no_flow``): the one flag name for "run without Prefect" in every stage;
+    ``--no-prefect`` is kept as a hidden alias."""
+    parser.add_argument("--no-flow", dest="no_flow", action="store_true", help=NO_FLOW_HELP)
+    parser.add_argument("--no-prefect", dest="no_flow", action="store_true", help=argparse.SUPPRESS)
+
+
+# Usage examples shown by ``python -m pipelines.<stage> --help`` (argparse epilog; with
+# ``formatter_class=argparse.RawDescriptionHelpFormatter``). DVC runs the stages with the paths of dvc.yaml.
+STAGE_EXAMPLES = {
+    "download": """\
+  python -m pipelines.download kinetics --out raw/kinetics --params params.yaml
+  python -m pipelines.download ssv2 --out raw/ssv2 --workers 8          # 8 items at once
+  python -m pipelines.download imagenet --out raw/imagenet --no-flow    # without Prefect
+  dvc repro download@kinetics                                           # as DVC runs it""",
+    "reencode": """\
+  python -m pipelines.reencode kinetics --raw raw/kinetics --out videos/kinetics --params params.yaml
+  python -m pipelines.reencode ssv2 --raw raw/ssv2 --out videos/ssv2 --no-flow   # plain thread pool
+  dvc repro reencode@kinetics                                                    # as DVC runs it""",
+    "shard": """\
+  python -m pipelines.shard kinetics --videos videos/kinetics --out shards/kinetics --params params.yaml
+  python -m pipelines.shard ssv2 --videos videos/ssv2 --out shards/ssv2 --no-flow
+  dvc repro shard@kinetics                                                      # as DVC runs it""",
+    "pretrain": """\
+  python -m pipelines.pretrain --shards shards --out models/pretrain --checkpoints checkpoints/pretrain \\
+      --live dvclive/pretrain --timing metrics/timing/pretrain.json --params params.yaml
+  python -m pipelines.pretrain --shards s3://bucket/shards --out models/pretrain \\
+      --checkpoints checkpoints/pretrain --no-flow --no-progress
+  dvc repro pretrain              # as DVC runs it; pretrain.nproc > 1 launches one torchrun""",
+    "finetune": """\
+  python -m pipelines.finetune ssv2 --pretrained models/pretrain --shards shards/ssv2 --out models/ssv2 \\
+      --checkpoints checkpoints/ssv2 --live dvclive/finetune-ssv2 --params params.yaml
+  python -m pipelines.finetune charades --pretrained models/pretrain --shards shards/charades \\
+      --out models/charades --checkpoints checkpoints/charades --no-flow
+  dvc repro finetune@ssv2         # as DVC runs it""",
+    "evaluate": """\
+  python -m pipelines.evaluate kinetics --model models/pretrain --shards shards/kinetics \\
+      --metrics metrics/kinetics.json --plots plots/kinetics --params params.yaml
+  python -m pipelines.evaluate ssv2 --model models/ssv2 --shards shards/ssv2 --metrics /tmp/ssv2.json --no-flow
+  dvc repro evaluate@ssv2         # as DVC runs it""",
+}
+
+
+def usage_examples(stage: str) -> str:
+    """The ``--help`` epilog of ``python -m pipelines.<stage>``: its usage examples."""
+    return "examples:\n" + STAGE_EXAMPLES[stage] + "\n"
+
+
+def write_failures_by_kind(folder: str | os.PathLike, failed: Iterable[Mapping[str, Any]]) -> Path:
+    """Write ``<folder>/failures_by_kind.json``: ``[{"kind": k, "count": n}, ...]`` sorted by kind, one row
+    per kind that occurred (``[]`` when nothing failed). It is the data of dvc.yaml's "Failures by reason"
+    plot (DVC plots read JSON lists, not ``failures.jsonl``). Rows without a ``kind`` count as ``other``."""
+    counts = Counter(str(f.get("kind") or "other") for f in failed)
+    path = Path(folder) / "failures_by_kind.json"
+    write_json_atomic(path, [{"kind": k, "count": n} for k, n in sorted(counts.items())])
+    return path

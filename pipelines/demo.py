@@ -1,13 +1,17 @@
 """The main command's body (``bash scripts/demo.sh``): run the whole DAG on the embedded default.
 
 1. Start or reuse the local Prefect server (:mod:`pipelines.server`), so that every stage's flow shows in
-   the UI, and export ``PREFECT_API_URL`` and ``PREFECT_LOGGING_EXTRA_LOGGERS=tubevit`` to the stages.
-2. ``dvc --wait-for-lock repro`` (DVC reruns only what changed), its output streamed to the terminal.
-3. Write each stage's wall time to ``metrics/timing/stages.json`` (written outside DVC: no stage depends
-   on it, and it is not a DVC metric), print the times and ``dvc metrics show`` (the evaluation metrics and
-   each training stage's throughput, ``metrics/timing/<stage>.json``) and where the plots and the UI are.
+   the UI, and export ``PREFECT_API_URL`` and ``PREFECT_LOGGING_EXTRA_LOGGERS=tubevit,pipelines`` to the
+   stages.
+2. Start or reuse the deployment server (``python -m pipelines.deploy start``: ``tubevit-repro`` on its
+   cron and ``tubevit-exp``) in the background, its pid in ``.prefect/deploy.pid``, so that the UI's
+   Deployments page lists both. ``--no-deploy`` skips it.
+3. ``dvc --wait-for-lock repro`` (DVC reruns only what changed), its output streamed to the terminal.
+4. Write each stage's wall time to ``metrics/timing/stages.json`` (written outside DVC: no stage depends
+   on it, and it is not a DVC metric), print the times and ``dvc metrics show`` (the evaluation metrics)
+   and where the plots, the UI and the stop commands are.
 
-``python -m pipelines.demo [--force] [--no-server] [targets ...]``
+``python -m pipelines.demo [--force] [--no-server] [--no-deploy] [targets ...]``
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from pipelines import server
-from pipelines.common import read_json, write_json_atomic
+from pipelines.common import forward_logs_to_prefect, read_json, write_json_atomic
 
 __all__ = ["main", "run_repro", "stage_times"]
 
@@ -53,10 +57,9 @@ def stage_times(events: Iterable[tuple[float, str]], end: float) -> dict[str, fl
 
 def stage_env(api_url: str | None) -> dict[str, str]:
     """The environment of ``dvc repro``: this venv first on PATH (stage commands say ``python``), the
-    Prefect server's URL, and library logs forwarded to the UI."""
-    env = dict(os.environ)
+    Prefect server's URL, and the ``tubevit.*`` and ``pipelines.*`` logs forwarded to the UI."""
+    env = forward_logs_to_prefect(dict(os.environ))
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    env.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tubevit")
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if api_url:
         env["PREFECT_API_URL"] = api_url
@@ -98,18 +101,69 @@ def write_timing(path: Path, times: dict[str, float], total: float, args: list[s
     return record
 
 
+EPILOG = """\
+examples:
+  bash scripts/demo.sh                          # this command with the venv set up: the whole DAG
+  python -m pipelines.demo                      # the same, in an active environment
+  python -m pipelines.demo --force              # rerun every stage
+  python -m pipelines.demo evaluate@ssv2        # one stage (and what it needs)
+  python -m pipelines.demo --no-deploy          # no deployment server (Deployments page stays empty)
+  python -m pipelines.demo --no-server          # no Prefect server either (each stage starts its own)
+stop the background servers: python -m pipelines.server stop   (stops the deployment server too)
+"""
+
+
+def start_servers(
+    no_server: bool = False,
+    no_deploy: bool = False,
+    home: Path = server.DEFAULT_HOME,
+    port: int | None = None,
+    workspace: Path = ROOT,
+) -> str | None:
+    """Start (or reuse) the Prefect server and the deployment server for ``workspace``, with their pid files
+    under ``home``; print where they are. Returns the API URL, or None with ``no_server``.
+
+    Raises:
+        RuntimeError: a server did not start (the message names which and ends with its log).
+    """
+    if no_server:
+        return None
+    info = server.start(home, port=port)
+    pid = f", pid {info.pid} in {info.home / 'server.pid'}" if info.pid else ""
+    print(f"[demo] Prefect UI: {info.ui} (API {info.url}{pid})", flush=True)
+    if not no_deploy:
+        from pipelines import deploy  # imports prefect: only when it is used
+
+        served = deploy.start(info.url, workspace, info.home)
+        how = "reusing" if served.reused else "started"
+        print(
+            f"[demo] deployments tubevit-repro (cron) and tubevit-exp: {info.ui}/deployments "
+            f"(server {how}, pid {served.pid} in {info.home / 'deploy.pid'}, log {served.log})",
+            flush=True,
+        )
+    return info.url
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.demo", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.demo",
+        description=__doc__.split("\n")[0],
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("targets", nargs="*", help="dvc repro targets (default: the whole DAG)")
     parser.add_argument("--force", action="store_true", help="rerun every stage (dvc repro --force)")
     parser.add_argument("--no-server", action="store_true", help="no Prefect server (flows start their own)")
+    parser.add_argument(
+        "--no-deploy", action="store_true", help="do not start the deployment server (pipelines.deploy)"
+    )
     args = parser.parse_args(argv)
 
-    api_url = None
-    if not args.no_server:
-        info = server.start()
-        api_url = info.url
-        print(f"[demo] Prefect UI: {info.ui} (API {info.url})", flush=True)
+    try:
+        api_url = start_servers(args.no_server, args.no_deploy)
+    except RuntimeError as exc:
+        print(f"[demo] {exc}", file=sys.stderr)
+        return 1
     env = stage_env(api_url)
     repro_args = [*(["--force"] if args.force else []), *args.targets]
     start = time.monotonic()
@@ -128,9 +182,9 @@ def main(argv: list[str] | None = None) -> int:
         "dvc_plots/index.html); stage times: metrics/timing/stages.json"
     )
     if api_url:
-        print(
-            f"[demo] flow runs: {api_url.removesuffix('/api')}/runs; stop the server: python -m pipelines.server stop"
-        )
+        ui = api_url.removesuffix("/api")
+        print(f"[demo] flow runs: {ui}/runs; deployments: {ui}/deployments; artifacts: {ui}/artifacts")
+        print("[demo] stop the servers: python -m pipelines.server stop (the deployment server too)")
     return 0
 
 

@@ -57,11 +57,15 @@ from prefect.cache_policies import NO_CACHE
 
 from pipelines.common import (
     Outcomes,
+    add_no_flow_flag,
     atomic_path,
+    publish_result,
     read_json,
     remove_stale_temporaries,
+    run_name,
     sha256_file,
     task_runner,
+    usage_examples,
     write_json_atomic,
 )
 from pipelines.datasets.base import AnnotationError
@@ -660,10 +664,11 @@ def _prefect_map(fn: Callable[[Job], dict], jobs: Sequence[Job]) -> list[dict | 
     return results
 
 
-@flow(name="download", validate_parameters=False)
+@flow(name="download", flow_run_name=run_name("download"), validate_parameters=False)
 def download_flow(name: str, cfg: DatasetConfig, out: str, workers: int = 2) -> dict[str, Any]:
     """The download stage as a Prefect flow: one task per item (http and youtube tasks retry)."""
-    return run(name, cfg, out, workers=workers, map_items=_prefect_map)
+    summary = run(name, cfg, out, workers=workers, map_items=_prefect_map)
+    return publish_result("download", name, summary, Path(out) / "failures.jsonl")
 
 
 def run_flow(name: str, cfg: DatasetConfig, out: str | os.PathLike, workers: int = 2) -> dict[str, Any]:
@@ -674,16 +679,19 @@ def run_flow(name: str, cfg: DatasetConfig, out: str | os.PathLike, workers: int
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.download", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.download",
+        description=__doc__.split("\n")[0],
+        epilog=usage_examples("download"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
         "dataset", help="dataset name under datasets: in params (kinetics, charades, ssv2, imagenet)"
     )
     parser.add_argument("--out", required=True, type=Path, help="the output folder, raw/<ds>")
     parser.add_argument("--params", default="params.yaml", type=Path, help="the params file")
     parser.add_argument("--workers", default=2, type=int, help="items downloaded at once")
-    parser.add_argument(
-        "--no-prefect", action="store_true", help="run items on a plain thread pool, without Prefect"
-    )
+    add_no_flow_flag(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -691,7 +699,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = load_params_or_exit(args.params, dataset=args.dataset).dataset(args.dataset)
     try:
-        if args.no_prefect:
+        if args.no_flow:
             summary = run(args.dataset, cfg, args.out, workers=args.workers)
         else:
             summary = run_flow(args.dataset, cfg, args.out, workers=args.workers)

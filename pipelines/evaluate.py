@@ -40,7 +40,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from pipelines import training
-from pipelines.common import write_json_atomic, write_text_atomic
+from pipelines.common import add_no_flow_flag, publish_result, run_name, write_json_atomic, write_text_atomic
 from pipelines.params import Params, load_params_or_exit
 from tubevit.bundle import load_model
 from tubevit.config.data import LoaderConfig
@@ -245,10 +245,10 @@ def _evaluate_task(params: Params, name: str, paths: dict[str, Path | None]) -> 
     return run(params, name, **paths)
 
 
-@flow(name="evaluate", validate_parameters=False)
+@flow(name="evaluate", flow_run_name=run_name("evaluate"), validate_parameters=False)
 def evaluate_flow(params: Params, name: str, paths: dict[str, Path | None]) -> dict[str, Any]:
     """The evaluate stage as a Prefect flow (one task)."""
-    return _evaluate_task(params, name, paths)
+    return publish_result("evaluate", name, _evaluate_task(params, name, paths))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--timing", type=Path, default=None, help="timing JSON (metrics/timing/evaluate-<ds>.json)"
     )
-    parser.add_argument("--no-flow", action="store_true", help="run without Prefect")
+    add_no_flow_flag(parser)
     return parser
 
 

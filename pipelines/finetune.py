@@ -211,7 +211,7 @@ def _run_from_args(params: Params, name: str, paths: dict[str, Any], progress: b
     return run(params, name, **paths, progress=progress)
 
 
-finetune_flow = training.training_flow("finetune", "pipelines.finetune", _run_from_args)
+finetune_flow = training.training_flow("finetune", "pipelines.finetune", _run_from_args, "dataset")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         nproc,
         args.no_flow,
         run=lambda: _run_from_args(params, args.dataset, paths, progress=not args.no_progress),
-        flow=lambda: finetune_flow(nproc, argv, (params, args.dataset, paths), {}),
+        flow=lambda: finetune_flow(nproc, argv, args.dataset, (params, args.dataset, paths), {}),
     )
 
 

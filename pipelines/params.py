@@ -6,7 +6,7 @@ ONE line on stderr that names the dotted key, and exit status 2::
     params.yaml: pretrain.optim.lr: expected a number, got 'fast'
 
 Malformed means: an unknown key, a wrong type, a value out of range (e.g. a negative fps), a dataset that
-is referenced (``pretrain.datasets``, ``pretrain.loader``, ``finetune``, ``recipes``) but not defined
+is referenced (``pretrain.datasets``, ``pretrain.loader``, ``finetune``) but not defined
 under ``datasets``, an invalid tube spec (checked by :class:`tubevit.config.model.ModelConfig`), a duplicated
 YAML key or a file that is not YAML.
 
@@ -22,7 +22,7 @@ import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_type_hints
+from typing import Any, get_args, get_type_hints
 
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
@@ -36,7 +36,7 @@ __all__ = [
     "ConfigError",
     "DeployConfig",
     "Params",
-    "RecipeConfig",
+    "check_model",
     "load_params",
     "load_params_or_exit",
     "main",
@@ -61,56 +61,7 @@ class DeployConfig:
             raise ConfigError("timezone", f"unknown IANA time zone {self.timezone!r}") from None
 
 
-@dataclass(frozen=True)
-class RecipeConfig:
-    """One column of supplement Table 1 for one model size (``recipes.<profile>.<dataset>.<variant>``).
-
-    ``python -m pipelines.profile <profile> --variant <variant>`` copies these values into the active
-    sections (``model``, ``datasets``, ``pretrain``, ``finetune``, ``evaluate``).
-    Units: LR per step, steps and warmup in optimiser steps, batch in clips (global), fps in frames per
-    second, frames per clip, size (crop side) and short side in pixels.
-    """
-
-    optimizer: Literal["adam"]  # Adam; weight decay per ``wd_mode``
-    wd_mode: Literal["adamw", "decoupled_unscaled", "l2"]  # how weight decay is applied (DESIGN "Training")
-    weight_decay: float
-    lr: float  # base (peak) learning rate
-    schedule: Literal["cosine"]  # linear warmup then cosine decay
-    warmup_steps: int
-    steps: int
-    batch_size: int  # global batch
-    randaugment_ops: int  # RandAugment layers
-    randaugment_magnitude: int  # on the 0..10 scale
-    mixup: float  # Beta alpha; 0 = off
-    label_smoothing: float
-    dropout: float
-    frames: int  # T per clip
-    fps: float  # re-encode / sampling frame rate
-    size: int  # crop side
-    short_side: int  # re-encode short side
-    tubes: str  # tube set name (tubevit.model.tubes.get_tube_set)
-    temporal_views: int  # evaluation views
-    spatial_views: int
-
-    def __post_init__(self) -> None:
-        for name in ("weight_decay", "lr", "mixup", "label_smoothing", "dropout"):
-            value = getattr(self, name)
-            check(value >= 0, name, f"must be >= 0, got {value}")
-        check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
-        check(0 <= self.warmup_steps < self.steps, "warmup_steps", "must be in [0, steps)")
-        check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
-        check(self.fps > 0, "fps", f"must be > 0 frames per second, got {self.fps}")
-        check(self.frames >= 1, "frames", f"must be >= 1, got {self.frames}")
-        check(self.size >= 8, "size", f"must be >= 8 pixels, got {self.size}")
-        check(self.short_side >= self.size, "short_side", f"must be >= size ({self.size})")
-        check(self.dropout < 1, "dropout", f"must be < 1, got {self.dropout}")
-        check(self.label_smoothing < 1, "label_smoothing", f"must be < 1, got {self.label_smoothing}")
-        check(0 <= self.randaugment_magnitude <= 10, "randaugment_magnitude", "must be in [0, 10]")
-        check(self.temporal_views >= 1, "temporal_views", f"must be >= 1, got {self.temporal_views}")
-        check(self.spatial_views in (1, 3), "spatial_views", f"must be 1 or 3, got {self.spatial_views}")
-
-
-def _check_model(model: ModelConfig, key: str, **changes: Any) -> None:
+def check_model(model: ModelConfig, key: str, **changes: Any) -> None:
     """Validate ``model`` with ``changes`` (a variant, a tube set) as if they stood at ``key``."""
     variants = get_args(get_type_hints(ModelConfig)["variant"])
     if "variant" in changes and changes["variant"] not in variants:
@@ -126,14 +77,12 @@ class Params:
     """The whole ``params.yaml``, validated. Sections mirror the stages (DESIGN.md "Params")."""
 
     datasets: dict[str, DatasetConfig]
-    seed: int = 0
     reencode: ReencodeConfig = field(default_factory=ReencodeConfig)
     shard: ShardConfig = field(default_factory=ShardConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     finetune: dict[str, FinetuneConfig] = field(default_factory=dict)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
-    recipes: dict[str, dict[str, dict[str, RecipeConfig]]] = field(default_factory=dict)
     deploy: DeployConfig = field(default_factory=DeployConfig)
 
     def __post_init__(self) -> None:
@@ -142,26 +91,19 @@ class Params:
             check(name in self.datasets, key, f"dataset {name!r} is not defined under datasets")
         for name, cfg in self.finetune.items():
             if cfg.tubes is not None:
-                _check_model(self.model, f"finetune.{name}", tubes=cfg.tubes)
+                check_model(self.model, f"finetune.{name}", tubes=cfg.tubes)
             multilabel = self.datasets[name].multilabel
             check(
                 cfg.multilabel == multilabel,
                 f"finetune.{name}.multilabel",
                 f"must equal datasets.{name}.multilabel ({str(multilabel).lower()})",
             )
-        for profile, per_dataset in self.recipes.items():
-            for name, variants in per_dataset.items():
-                for variant, recipe in variants.items():
-                    key = f"recipes.{profile}.{name}.{variant}"
-                    _check_model(ModelConfig(), key, variant=variant, tubes=recipe.tubes)
 
     def _dataset_references(self) -> list[tuple[str, str]]:
         """(dotted key, dataset name) for every place that names a dataset."""
         refs = [(f"pretrain.datasets.{name}", name) for name in self.pretrain.datasets]
         refs += [(f"pretrain.loader.{name}", name) for name in self.pretrain.loader]
         refs += [(f"finetune.{name}", name) for name in self.finetune]
-        for profile, per_dataset in self.recipes.items():
-            refs += [(f"recipes.{profile}.{name}", name) for name in per_dataset]
         return refs
 
     def dataset(self, name: str) -> DatasetConfig:
@@ -237,8 +179,21 @@ def load_params_or_exit(path: str | Path = "params.yaml", *, dataset: str | None
     return params
 
 
+EPILOG = """\
+examples:
+  python -m pipelines.params --check params.yaml
+  python -m pipelines.params --check params.yaml tests/fixtures/params-micro.yaml
+exit status 2 and one line per bad file on stderr: <file>: <dotted key>: <reason>
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.params", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.params",
+        description=__doc__.split("\n")[0],
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
         "--check", metavar="PARAMS", nargs="+", default=["params.yaml"], help="params files to validate"
     )

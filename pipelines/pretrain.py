@@ -181,7 +181,7 @@ def _run_from_args(
     return run(params, **paths, progress=progress, tubes_plot=tubes_plot)
 
 
-pretrain_flow = training.training_flow(STAGE, "pipelines.pretrain", _run_from_args)
+pretrain_flow = training.training_flow(STAGE, "pipelines.pretrain", _run_from_args, dataset_param=None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -207,7 +207,9 @@ def main(argv: list[str] | None = None) -> int:
         params.pretrain.nproc,
         args.no_flow,
         run=lambda: _run_from_args(params, paths, not args.no_progress, args.tubes_plot),
-        flow=lambda: pretrain_flow(params.pretrain.nproc, argv, (params, paths, True, args.tubes_plot), {}),
+        flow=lambda: pretrain_flow(
+            params.pretrain.nproc, argv, None, (params, paths, True, args.tubes_plot), {}
+        ),
     )
 
 

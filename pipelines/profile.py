@@ -1,31 +1,32 @@
 """Switch params.yaml to a named recipe: ``python -m pipelines.profile paper --variant base``.
 
 ``params.yaml`` holds the ACTIVE values, and DVC tracks exactly what runs (no hidden precedence).
-``recipes.<profile>.<dataset>.<variant>`` holds a whole training recipe (``paper``: every value of
-supplement Table 1). This command copies one recipe into the active sections and rewrites params.yaml
-atomically, keeping its comments and layout; then ``dvc repro`` runs it and ``dvc exp run -S key=value``
-still overrides single values on top::
-
-    python -m pipelines.profile paper --variant base            # Table 1, ViT-B
-    python -m pipelines.profile paper --variant large --nproc 8 --micro-batch 4
-    python -m pipelines.profile embedded --variant nano         # back to the CPU-sized default
+``recipes.yaml`` holds whole training recipes, ``<profile>.<dataset>.<variant>`` (``paper``: every value of
+supplement Table 1, ``embedded``: the CPU-sized default). They live outside params.yaml, so that DVC (``dvc
+exp show``, ``dvc params diff``) lists only the active values. This command copies one recipe into the
+active sections and rewrites params.yaml atomically, keeping its comments and layout; then ``dvc repro``
+runs it and ``dvc exp run -S key=value`` still overrides single values on top.
 
 Where each recipe goes:
 - the recipe of a dataset that is mixed in ``pretrain.datasets`` (``kinetics``) sets the pretraining
   stage: ``model.variant``, ``model.tubes``, ``pretrain.optim``, ``steps``, ``label_smoothing``, ``mixup``,
-  ``accum_steps`` and every ``pretrain.loader.<ds>`` (image datasets get ``frames: 1``), plus
+  ``accum_steps``, ``compile`` and every ``pretrain.loader.<ds>`` (image datasets get ``frames: 1``), plus
   ``evaluate``'s views;
 - the recipe of a dataset under ``finetune`` (``charades``, ``ssv2``) sets ``finetune.<ds>`` the same way,
   with ``dropout`` and a ``tubes`` override when its tube set differs from the pretraining one;
 - every recipe sets ``datasets.<ds>.fps`` and ``short_side`` (images mixed in pretraining get that recipe's
   short side).
 
+Augmentation: every loader gets the recipe's crop scale and ratio and RandAugment ops and magnitude; the
+optimiser its ``clip_grad`` (the paper does not state one: recipes.yaml documents the choice).
+
 Batch: the recipe's batch is GLOBAL (Table 1: 256, Charades 64). It is split as
 ``loader.batch_size (per rank micro-batch) x accum_steps x nproc``; ``--micro-batch`` defaults to the largest
 divisor of ``batch / nproc`` that is <= 32.
 
-Data sources are left alone: the paper profile on ``source: synthetic`` trains Table 1 on synthetic data.
-Point ``datasets.<ds>.source``/``uri`` at the real data separately (docs/pipeline.md).
+Data sources are left alone. A profile other than ``embedded`` refuses a dataset that is still on ``source:
+synthetic`` (Table 1 on synthetic clips is rarely what one means): point ``datasets.<ds>.source``/``uri`` at
+the real data first (docs/pipeline.md), or pass ``--allow-synthetic`` (e.g. to test a recipe's shapes).
 """
 
 from __future__ import annotations
@@ -33,19 +34,122 @@ from __future__ import annotations
 import argparse
 import io
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ruamel.yaml import YAML
 
 from pipelines.common import write_text_atomic
-from pipelines.params import ConfigError, Params, RecipeConfig, format_error, read_yaml
-from tubevit.config.base import build
+from pipelines.params import ConfigError, Params, check_model, format_error, read_yaml
+from tubevit.config.base import build, check
+from tubevit.config.model import ModelConfig
 
-__all__ = ["apply_profile", "main", "profile_updates", "split_batch"]
+__all__ = [
+    "DEFAULT_RECIPES",
+    "RecipeConfig",
+    "RecipeError",
+    "Recipes",
+    "apply_profile",
+    "load_recipes",
+    "main",
+    "profile_updates",
+    "split_batch",
+]
 
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_RECIPES = ROOT / "recipes.yaml"
 MAX_MICRO_BATCH = 32
+SYNTHETIC_PROFILES = ("embedded",)  # profiles made for the synthetic datasets; the others refuse them
+
+
+@dataclass(frozen=True)
+class RecipeConfig:
+    """One column of supplement Table 1 for one model size (``recipes.yaml``: ``<profile>.<dataset>.<variant>``).
+
+    Units: LR per step, steps and warmup in optimiser steps, batch in clips (global), fps in frames per
+    second, frames per clip, size (crop side) and short side in pixels. The optional fields (``None``) leave
+    the active value alone.
+    """
+
+    optimizer: Literal["adam"]  # Adam; weight decay per ``wd_mode``
+    wd_mode: Literal["adamw", "decoupled_unscaled", "l2"]  # how weight decay is applied (docs/design.md)
+    weight_decay: float
+    lr: float  # base (peak) learning rate
+    schedule: Literal["cosine"]  # linear warmup then cosine decay
+    warmup_steps: int
+    clip_grad: float  # max global gradient L2 norm; 0 = off (not stated by the paper: our choice)
+    steps: int
+    batch_size: int  # global batch
+    randaugment_ops: int  # RandAugment layers; 0 = off
+    randaugment_magnitude: int  # on the 0..10 scale
+    crop_scale: tuple[float, float]  # RandomResizedCrop scale
+    crop_ratio: tuple[float, float]  # RandomResizedCrop aspect ratio
+    mixup: float  # Beta alpha; 0 = off
+    label_smoothing: float
+    dropout: float
+    frames: int  # T per clip
+    fps: float  # re-encode / sampling frame rate
+    size: int  # crop side
+    short_side: int  # re-encode short side
+    tubes: str  # tube set name (tubevit.model.tubes.get_tube_set)
+    temporal_views: int  # evaluation views
+    spatial_views: int
+    compile: bool | None = None  # torch.compile the model
+
+    def __post_init__(self) -> None:
+        for name in ("weight_decay", "lr", "mixup", "label_smoothing", "dropout", "clip_grad"):
+            value = getattr(self, name)
+            check(value >= 0, name, f"must be >= 0, got {value}")
+        check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        check(0 <= self.warmup_steps < self.steps, "warmup_steps", "must be in [0, steps)")
+        check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        check(self.fps > 0, "fps", f"must be > 0 frames per second, got {self.fps}")
+        check(self.frames >= 1, "frames", f"must be >= 1, got {self.frames}")
+        check(self.size >= 8, "size", f"must be >= 8 pixels, got {self.size}")
+        check(self.short_side >= self.size, "short_side", f"must be >= size ({self.size})")
+        check(self.dropout < 1, "dropout", f"must be < 1, got {self.dropout}")
+        check(self.label_smoothing < 1, "label_smoothing", f"must be < 1, got {self.label_smoothing}")
+        check(self.randaugment_ops >= 0, "randaugment_ops", f"must be >= 0, got {self.randaugment_ops}")
+        check(0 <= self.randaugment_magnitude <= 10, "randaugment_magnitude", "must be in [0, 10]")
+        check(0 < self.crop_scale[0] <= self.crop_scale[1] <= 1, "crop_scale", f"bad range {self.crop_scale}")
+        check(0 < self.crop_ratio[0] <= self.crop_ratio[1], "crop_ratio", f"bad range {self.crop_ratio}")
+        check(self.temporal_views >= 1, "temporal_views", f"must be >= 1, got {self.temporal_views}")
+        check(self.spatial_views in (1, 3), "spatial_views", f"must be 1 or 3, got {self.spatial_views}")
+
+
+# profile -> dataset -> variant -> recipe
+Recipes = dict[str, dict[str, dict[str, RecipeConfig]]]
+
+
+def _mapping(value: Any, key: str) -> Mapping:
+    if not isinstance(value, Mapping) or not value:
+        raise ConfigError(key, f"expected a non-empty mapping, got {value!r}")
+    return value
+
+
+def load_recipes(path: str | Path = DEFAULT_RECIPES) -> Recipes:
+    """Read and validate a recipes file: ``<profile>.<dataset>.<variant>`` -> :class:`RecipeConfig`.
+
+    Each recipe's ``tubes`` must be valid for its model variant. Error keys are dotted paths in the file
+    (``paper.ssv2.base.tubes``).
+
+    Raises:
+        ConfigError: the first problem found.
+    """
+    data = read_yaml(path)
+    recipes: Recipes = {}
+    for profile, per_dataset in data.items():
+        recipes[profile] = {}
+        for name, variants in _mapping(per_dataset, str(profile)).items():
+            recipes[profile][name] = {}
+            for variant, raw in _mapping(variants, f"{profile}.{name}").items():
+                key = f"{profile}.{name}.{variant}"
+                recipe = build(RecipeConfig, raw, key)
+                check_model(ModelConfig(), key, variant=variant, tubes=recipe.tubes)
+                recipes[profile][name][variant] = recipe
+    return recipes
 
 
 def split_batch(global_batch: int, nproc: int, micro_batch: int | None = None) -> tuple[int, int]:
@@ -80,12 +184,15 @@ def _stage_updates(
         f"{prefix}.optim.wd_mode": recipe.wd_mode,
         f"{prefix}.optim.warmup_steps": recipe.warmup_steps,
         f"{prefix}.optim.schedule": recipe.schedule,
+        f"{prefix}.optim.clip_grad": recipe.clip_grad,
         f"{prefix}.steps": recipe.steps,
         f"{prefix}.accum_steps": accum,
         f"{prefix}.nproc": nproc,
         f"{prefix}.label_smoothing": recipe.label_smoothing,
         f"{prefix}.mixup": recipe.mixup,
     }
+    if recipe.compile is not None:
+        out[f"{prefix}.compile"] = recipe.compile
     loader_prefixes = {f"{prefix}.loader.{n}": img for n, img in loaders.items()} or {
         f"{prefix}.loader": False
     }
@@ -94,6 +201,8 @@ def _stage_updates(
             f"{lp}.frames": 1 if is_image else recipe.frames,
             f"{lp}.size": recipe.size,
             f"{lp}.batch_size": micro,
+            f"{lp}.crop_scale": list(recipe.crop_scale),
+            f"{lp}.crop_ratio": list(recipe.crop_ratio),
             f"{lp}.randaugment": recipe.randaugment_ops > 0,
             f"{lp}.randaugment_ops": recipe.randaugment_ops,
             f"{lp}.randaugment_magnitude": recipe.randaugment_magnitude,
@@ -101,25 +210,48 @@ def _stage_updates(
     return out
 
 
+def _refuse_synthetic(params: Params, profile: str, names: list[str]) -> None:
+    for name in names:
+        if params.datasets[name].source == "synthetic":
+            raise ConfigError(
+                f"datasets.{name}.source",
+                f"still 'synthetic': profile {profile!r} is meant for the real dataset; point "
+                f"datasets.{name}.source and uri at it first, or pass --allow-synthetic",
+            )
+
+
 def profile_updates(
-    params: Params, profile: str, variant: str, *, nproc: int = 1, micro_batch: int | None = None
+    params: Params,
+    recipes: Recipes,
+    profile: str,
+    variant: str,
+    *,
+    nproc: int = 1,
+    micro_batch: int | None = None,
+    allow_synthetic: bool = False,
 ) -> dict[str, Any]:
-    """The dotted keys (and values) that switch ``params`` to ``recipes.<profile>.*.<variant>``.
+    """The dotted keys (and values) that switch ``params`` to ``recipes[profile][*][variant]``.
 
     Raises:
-        ConfigError: no such profile or variant, or a batch that does not split (see :func:`split_batch`).
+        ConfigError: no such profile or variant, a recipe for a dataset that ``params`` does not define, a
+            batch that does not split (see :func:`split_batch`), or (profiles other than ``embedded``, unless
+            ``allow_synthetic``) a dataset it sets that is still on ``source: synthetic``.
     """
-    if profile not in params.recipes:
-        known = ", ".join(params.recipes) or "none"
-        raise ConfigError(f"recipes.{profile}", f"no such profile (defined: {known})")
-    per_dataset = params.recipes[profile]
+    if profile not in recipes:
+        known = ", ".join(recipes) or "none"
+        raise ConfigError(profile, f"no such profile (defined: {known})")
+    per_dataset = recipes[profile]
     updates: dict[str, Any] = {}
     pretrain_datasets = list(params.pretrain.datasets)
+    touched: list[str] = []
     for ds, variants in per_dataset.items():
+        if ds not in params.datasets:
+            raise ConfigError(f"{profile}.{ds}", f"dataset {ds!r} is not defined under datasets in params")
         if variant not in variants:
             known = ", ".join(variants)
-            raise ConfigError(f"recipes.{profile}.{ds}.{variant}", f"no such variant (defined: {known})")
+            raise ConfigError(f"{profile}.{ds}.{variant}", f"no such variant (defined: {known})")
         recipe = variants[variant]
+        touched.append(ds)
         updates[f"datasets.{ds}.fps"] = recipe.fps
         updates[f"datasets.{ds}.short_side"] = recipe.short_side
         if ds in pretrain_datasets:
@@ -133,6 +265,9 @@ def profile_updates(
             for name in pretrain_datasets:
                 if params.datasets[name].is_image:
                     updates[f"datasets.{name}.short_side"] = recipe.short_side
+                    touched.append(name)
+    if profile not in SYNTHETIC_PROFILES and not allow_synthetic:
+        _refuse_synthetic(params, profile, list(dict.fromkeys(touched)))
     pretrain_tubes = updates.get("model.tubes", params.model.tubes)
     for ds, variants in per_dataset.items():
         if ds in params.finetune:
@@ -167,19 +302,35 @@ def _same_number(a: Any, b: Any) -> bool:
     )
 
 
+def _same_value(old: Any, new: Any) -> bool:
+    """``old`` (read from the file) already holds ``new``: equal with the same type, equal numbers, or
+    equal lists of those."""
+    if isinstance(old, list) and isinstance(new, list):
+        return len(old) == len(new) and all(_same_value(a, b) for a, b in zip(old, new, strict=True))
+    return (old == new and type(old) is type(new)) or _same_number(old, new)
+
+
 def _set_dotted(doc: MutableMapping, dotted: str, value: Any) -> None:
-    """Set ``doc[a][b][c] = value`` for ``"a.b.c"``, creating mappings on the way."""
+    """Set ``doc[a][b][c] = value`` for ``"a.b.c"``, creating mappings on the way. A list replaces the
+    items of an existing list, so that its flow style (``[0.25, 1.0]``) is kept."""
     *parents, last = dotted.split(".")
     node = doc
     for name in parents:
         if node.get(name) is None:
             node[name] = {}
         node = node[name]
-    node[last] = value
+    if isinstance(value, list) and isinstance(node.get(last), list):
+        node[last][:] = value
+    else:
+        node[last] = value
 
 
 def _represent_none(representer: Any, data: None) -> Any:
     return representer.represent_scalar("tag:yaml.org,2002:null", "null")
+
+
+class RecipeError(ConfigError):
+    """A problem in the recipes file, or a profile or variant it does not define (key: dotted in that file)."""
 
 
 def apply_profile(
@@ -187,11 +338,13 @@ def apply_profile(
     profile: str,
     variant: str,
     *,
+    recipes: str | Path = DEFAULT_RECIPES,
     nproc: int | None = None,
     micro_batch: int | None = None,
+    allow_synthetic: bool = False,
     dry_run: bool = False,
 ) -> list[tuple[str, Any, Any]]:
-    """Copy ``recipes.<profile>.*.<variant>`` into the active sections of the params file ``path``.
+    """Copy ``<profile>.*.<variant>`` of the recipes file into the active sections of the params file ``path``.
 
     The result is validated as a whole before the file is replaced (atomically); comments and layout are
     kept. ``nproc`` defaults to the file's ``pretrain.nproc``.
@@ -200,13 +353,34 @@ def apply_profile(
         ``(dotted key, old value, new value)`` for every value that changed.
 
     Raises:
-        ConfigError: the file, the profile or the result is invalid (the file is then left unchanged).
+        RecipeError: the recipes file is invalid, or has no such profile or variant.
+        ConfigError: the params file, the batch split or the result is invalid, or a dataset is still on
+            ``source: synthetic`` (see :func:`profile_updates`). The file is then left unchanged.
     """
     path = Path(path)
     params = build(Params, read_yaml(path))
+    try:
+        book = load_recipes(recipes)
+    except ConfigError as exc:
+        raise RecipeError(exc.key, exc.reason) from None
     if nproc is None:
         nproc = params.pretrain.nproc
-    updates = profile_updates(params, profile, variant, nproc=nproc, micro_batch=micro_batch)
+    if profile not in book:
+        raise RecipeError(profile, f"no such profile (defined: {', '.join(book) or 'none'})")
+    for ds, variants in book[profile].items():
+        if variant not in variants:
+            raise RecipeError(
+                f"{profile}.{ds}.{variant}", f"no such variant (defined: {', '.join(variants)})"
+            )
+    updates = profile_updates(
+        params,
+        book,
+        profile,
+        variant,
+        nproc=nproc,
+        micro_batch=micro_batch,
+        allow_synthetic=allow_synthetic,
+    )
 
     yaml = YAML()  # round-trip: keeps comments, key order and flow style
     yaml.width = 4096  # never wrap a flow mapping
@@ -216,8 +390,9 @@ def apply_profile(
     changes = []
     for key, value in updates.items():
         old = _get_dotted(doc, key)
-        if (old == value and type(old) is type(value)) or _same_number(old, value):
+        if _same_value(old, value):
             continue
+        old = list(old) if isinstance(old, list) else old  # a copy: the list is updated in place
         _set_dotted(doc, key, value)
         changes.append((key, old, value))
     buffer = io.StringIO()
@@ -235,13 +410,35 @@ def apply_profile(
     return changes
 
 
+EPILOG = """\
+examples:
+  python -m pipelines.profile paper --variant base --nproc 8           # Table 1, ViT-B, one 8-GPU node
+  python -m pipelines.profile paper --variant large --nproc 8 --micro-batch 4
+  python -m pipelines.profile paper --variant base --dry-run           # print the changes only
+  python -m pipelines.profile paper --variant base --allow-synthetic   # Table 1 on the synthetic data
+  python -m pipelines.profile embedded --variant nano                  # back to the CPU-sized default
+then: dvc repro (or dvc exp run -S key=value on top)
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.profile", description=__doc__.split("\n")[0])
-    parser.add_argument("profile", help="a name under recipes (e.g. paper, embedded)")
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.profile",
+        description=__doc__.split("\n")[0],
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("profile", help="a profile of the recipes file (paper, embedded)")
     parser.add_argument("--variant", required=True, help="model size: base, large, huge (paper); nano")
     parser.add_argument("--params", default="params.yaml", help="the params file to rewrite")
+    parser.add_argument("--recipes", default="recipes.yaml", help="the recipes file (default: recipes.yaml)")
     parser.add_argument("--nproc", type=int, default=None, help="ranks per node (default: pretrain.nproc)")
     parser.add_argument("--micro-batch", type=int, default=None, help="per-rank batch (default: <= 32)")
+    parser.add_argument(
+        "--allow-synthetic",
+        action="store_true",
+        help="apply a paper-scale profile even to datasets still on source: synthetic",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the changes, write nothing")
     args = parser.parse_args(argv)
     try:
@@ -249,12 +446,16 @@ def main(argv: list[str] | None = None) -> int:
             args.params,
             args.profile,
             args.variant,
+            recipes=args.recipes,
             nproc=args.nproc,
             micro_batch=args.micro_batch,
+            allow_synthetic=args.allow_synthetic,
             dry_run=args.dry_run,
         )
     except ConfigError as exc:
-        print(format_error(args.params, exc), file=sys.stderr)
+        print(
+            format_error(args.recipes if isinstance(exc, RecipeError) else args.params, exc), file=sys.stderr
+        )
         return 2
     for key, old, new in changes:
         print(f"{key}: {'(absent)' if old is _MISSING else repr(old)} -> {new!r}")

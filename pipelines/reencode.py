@@ -75,9 +75,13 @@ from prefect.cache_policies import NO_CACHE
 from pipelines.common import (
     TMP_MARK,
     Outcomes,
+    add_no_flow_flag,
+    publish_result,
     read_json,
     remove_stale_temporaries,
+    run_name,
     task_runner,
+    usage_examples,
     write_json_atomic,
     write_jsonl_atomic,
 )
@@ -871,10 +875,11 @@ def _prefect_map(fn: _ChunkFn, chunks: list[list[Item]]) -> list[list[dict]]:
     return [f.result() for f in futures]
 
 
-@flow(name="reencode", validate_parameters=False)
+@flow(name="reencode", flow_run_name=run_name("reencode"), validate_parameters=False)
 def reencode_flow(name: str, cfg: DatasetConfig, rcfg: ReencodeConfig, raw: str, out: str) -> dict[str, Any]:
     """The stage as a Prefect flow: per-item (per-chunk) tasks on the flow's task runner."""
-    return run(name, cfg, rcfg, raw, out, map_chunks=_prefect_map)
+    result = run(name, cfg, rcfg, raw, out, map_chunks=_prefect_map)
+    return publish_result("reencode", name, result, Path(out) / "failures.jsonl")
 
 
 def run_flow(
@@ -888,18 +893,19 @@ def run_flow(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.reencode", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.reencode",
+        description=__doc__.split("\n")[0],
+        epilog=usage_examples("reencode"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
         "dataset", help="dataset name under datasets: in params (kinetics, charades, ssv2, imagenet)"
     )
     parser.add_argument("--raw", required=True, type=Path, help="the download stage's output, raw/<ds>")
     parser.add_argument("--out", required=True, type=Path, help="the output folder, videos/<ds>")
     parser.add_argument("--params", default="params.yaml", type=Path, help="the params file")
-    parser.add_argument(
-        "--no-prefect",
-        action="store_true",
-        help="run the items on a plain thread pool, without a Prefect flow",
-    )
+    add_no_flow_flag(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -908,7 +914,7 @@ def main(argv: list[str] | None = None) -> int:
     params = load_params_or_exit(args.params, dataset=args.dataset)
     cfg, rcfg = params.dataset(args.dataset), params.reencode
     try:
-        if args.no_prefect:
+        if args.no_flow:
             result = run(args.dataset, cfg, rcfg, args.raw, args.out)
         else:
             result = run_flow(args.dataset, cfg, rcfg, args.raw, args.out)

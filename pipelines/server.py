@@ -8,7 +8,8 @@ it up for the UI::
     python -m pipelines.server start      # prints the API URL on stdout; how to open/stop it on stderr
     export PREFECT_API_URL=$(python -m pipelines.server start)
     python -m pipelines.server status     # the URL of a healthy server, or exit 1
-    python -m pipelines.server stop       # stops the server started here (by its pid)
+    python -m pipelines.server stop       # stops the server started here (by its pid), and the
+                                          # deployment server (pipelines.deploy start) if one runs
 
 The server runs detached (its own session) and logs to ``.prefect/server.log``. Its pid is in
 ``.prefect/server.pid`` (the file ``prefect server stop`` reads too) and its URL in ``.prefect/server.json``.
@@ -32,7 +33,18 @@ from pathlib import Path
 
 from pipelines.common import write_json_atomic, write_text_atomic
 
-__all__ = ["ServerInfo", "find_free_port", "healthy", "main", "start", "status", "stop"]
+__all__ = [
+    "ServerInfo",
+    "find_free_port",
+    "healthy",
+    "log_tail",
+    "main",
+    "process_matches",
+    "start",
+    "status",
+    "stop",
+    "terminate",
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_HOME = ROOT / ".prefect"
@@ -89,14 +101,22 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _is_prefect_server(pid: int) -> bool:
-    """The process ``pid`` is a ``prefect server start`` (guards against a recycled pid)."""
+def process_matches(pid: int, *words: bytes) -> bool:
+    """The process ``pid`` is alive and its command line holds every one of ``words`` (guards against a
+    recycled pid). Without ``/proc``, alive is enough."""
+    if not _alive(pid):
+        return False
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
-        return _alive(pid)
+        return True
     text = b" ".join(cmdline)
-    return b"prefect" in text and b"server" in text and b"start" in text
+    return all(word in text for word in words)
+
+
+def _is_prefect_server(pid: int) -> bool:
+    """The process ``pid`` is a ``prefect server start`` (guards against a recycled pid)."""
+    return process_matches(pid, b"prefect", b"server", b"start")
 
 
 def _read_state(home: Path) -> tuple[int, str] | None:
@@ -180,15 +200,18 @@ def start(
     while time.monotonic() < deadline:
         if process.poll() is not None:
             _forget(home, process.pid)
-            raise RuntimeError(f"prefect server exited with status {process.returncode}: {_tail(log_path)}")
+            raise RuntimeError(
+                f"prefect server exited with status {process.returncode}: {log_tail(log_path)}"
+            )
         if healthy(url):
             return ServerInfo(pid=process.pid, url=url, home=home, reused=False)
         time.sleep(0.5)
     stop(home)
-    raise RuntimeError(f"prefect server at {url} not healthy after {timeout:.0f} s: {_tail(log_path)}")
+    raise RuntimeError(f"prefect server at {url} not healthy after {timeout:.0f} s: {log_tail(log_path)}")
 
 
-def _tail(path: Path, lines: int = 5) -> str:
+def log_tail(path: Path, lines: int = 5) -> str:
+    """The last ``lines`` lines of a log file, joined with `` | `` (for one-line error messages)."""
     try:
         return " | ".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
@@ -216,22 +239,44 @@ def stop(home: Path = DEFAULT_HOME, timeout: float = 30.0) -> bool:
     if not (_alive(pid) and _is_prefect_server(pid)):
         _forget(home, pid)
         return False
-    os.kill(pid, signal.SIGTERM)
+    terminate(pid, signal.SIGTERM, timeout)
+    _forget(home, pid)
+    return True
+
+
+def terminate(pid: int, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
+    """Send ``sig`` to ``pid``, wait up to ``timeout`` s for it to exit, then SIGKILL it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and _alive(pid):
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)  # reap it when it is our child
         time.sleep(0.2)
     if _alive(pid):
-        os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, 0)
-    _forget(home, pid)
-    return True
+
+
+EPILOG = """\
+examples:
+  python -m pipelines.server start                      # prints the API URL; the UI is the same URL without /api
+  export PREFECT_API_URL=$(python -m pipelines.server start)
+  python -m pipelines.server status
+  python -m pipelines.server stop                       # also stops the deployment server (pipelines.deploy)
+  python -m pipelines.server start --port 4300 --home /tmp/prefect-home
+"""
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.server", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.server",
+        description=__doc__.split("\n")[0],
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("command", choices=["start", "status", "stop"], nargs="?", default="start")
     parser.add_argument("--home", type=Path, default=DEFAULT_HOME, help="PREFECT_HOME (default .prefect/)")
     parser.add_argument("--port", type=int, default=None, help="port (default 4200, or a free one)")
@@ -258,6 +303,10 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(info.url)
         return 0
+    from pipelines import deploy  # the deployment server is useless without this one: stop it first
+
+    if deploy.stop(args.home):
+        print("deployment server stopped", file=sys.stderr)
     stopped = stop(args.home)
     print("Prefect server stopped" if stopped else "no Prefect server was running", file=sys.stderr)
     return 0

@@ -46,12 +46,16 @@ from prefect.cache_policies import NO_CACHE
 
 from pipelines.common import (
     Outcomes,
+    add_no_flow_flag,
     atomic_path,
     dumps_json,
+    publish_result,
     read_json,
     read_jsonl,
     remove_stale_temporaries,
+    run_name,
     sha256_file,
+    usage_examples,
     write_json_atomic,
 )
 from pipelines.params import load_params_or_exit
@@ -357,19 +361,25 @@ def shard_task(name: str, splits: list[str], scfg: ShardConfig, videos: Path, ou
     return run(name, splits, scfg, videos, out)
 
 
-@flow(name="shard")
+@flow(name="shard", flow_run_name=run_name("shard"))
 def shard_flow(name: str, splits: list[str], scfg: ShardConfig, videos: Path, out: Path) -> dict[str, Any]:
     """Prefect flow of the shard stage: one task that runs :func:`run`."""
-    return shard_task(name, splits, scfg, videos, out)
+    summary = shard_task(name, splits, scfg, videos, out)
+    return publish_result("shard", name, summary, Path(out) / "failures.jsonl")
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Pack re-encoded clips into WebDataset shards.")
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.shard",
+        description="Pack re-encoded clips into WebDataset shards.",
+        epilog=usage_examples("shard"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("dataset", help="dataset name (kinetics, charades, ssv2, imagenet)")
     parser.add_argument("--videos", type=Path, required=True, help="videos/<dataset> (reencode output)")
     parser.add_argument("--out", type=Path, required=True, help="shards/<dataset>")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--no-flow", action="store_true", help="call run() directly, without Prefect")
+    add_no_flow_flag(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     params = load_params_or_exit(args.params, dataset=args.dataset)

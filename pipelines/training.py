@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipelines.common import write_json_atomic
+from pipelines.common import add_no_flow_flag, publish_result, run_name, usage_examples, write_json_atomic
 from tubevit.bundle import BUNDLE_FORMAT, CONFIG_FILE, MODEL_FILE, ModelBundle, load_model, save_model
 from tubevit.config.base import to_dict
 from tubevit.config.data import DatasetConfig, LoaderConfig
@@ -802,10 +802,12 @@ class Stage:
 
 
 # ------------------------------------------------------------------------------------------- launch
-def training_flow(name: str, module: str, run: Callable[..., Any]):
+def training_flow(name: str, module: str, run: Callable[..., Any], dataset_param: str | None = None):
     """The Prefect flow ``name`` of a training stage: with ``nproc == 1`` one task that calls
-    ``run(*args, **kwargs)`` in-process; with ``nproc > 1`` one task that launches ONE torchrun subprocess
-    of ``module`` with ``argv`` (the ranks run ``run`` without Prefect)."""
+    ``run(*args, **kwargs)`` in-process and publishes its summary as the stage's result artifact; with
+    ``nproc > 1`` one task that launches ONE torchrun subprocess of ``module`` with ``argv`` (the ranks run
+    ``run`` without Prefect). Flow runs are named ``<name>[-<dataset>]-<UTC time>`` (``dataset_param``:
+    ``"dataset"`` for a stage per dataset, ``None`` otherwise) and retried once."""
     from prefect import flow, task
     from prefect.cache_policies import NO_CACHE
 
@@ -817,22 +819,30 @@ def training_flow(name: str, module: str, run: Callable[..., Any]):
     def torchrun_task(argv: list[str], nproc: int) -> int:
         return run_torchrun(module, argv, nproc)
 
-    @flow(name=name, validate_parameters=False)
-    def stage_flow(nproc: int, argv: list[str], args: tuple, kwargs: dict[str, Any]) -> Any:
+    @flow(name=name, flow_run_name=run_name(name, dataset_param), retries=1, validate_parameters=False)
+    def stage_flow(
+        nproc: int, argv: list[str], dataset: str | None, args: tuple, kwargs: dict[str, Any]
+    ) -> Any:
         if nproc > 1:
             rc = torchrun_task(argv, nproc)
             if rc != 0:
                 raise RuntimeError(f"{name}: torchrun exited with status {rc}")
             return rc
-        return train_task(args, kwargs)
+        return publish_result(name, dataset, train_task(args, kwargs))
 
     return stage_flow
 
 
 def stage_parser(module: str, doc: str, dataset_help: str | None = None) -> argparse.ArgumentParser:
-    """The argument parser of ``python -m <module>``: the first line of ``doc`` as description, a
-    positional ``dataset`` when ``dataset_help`` is given, and ``--params``; add the stage's paths next."""
-    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=doc.split("\n")[0])
+    """The argument parser of ``python -m <module>``: the first line of ``doc`` as description, the
+    stage's usage examples as epilog, a positional ``dataset`` when ``dataset_help`` is given, and
+    ``--params``; add the stage's paths next."""
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {module}",
+        description=doc.split("\n")[0],
+        epilog=usage_examples(module.rsplit(".", 1)[-1]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     if dataset_help is not None:
         parser.add_argument("dataset", help=dataset_help)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="the params file")
@@ -850,7 +860,7 @@ def add_training_arguments(parser: argparse.ArgumentParser, shards: str, out: st
     )
     parser.add_argument("--live", type=Path, default=None, help=f"dvclive folder (dvclive/{live})")
     parser.add_argument("--timing", type=Path, default=None, help=f"timing JSON (metrics/timing/{live}.json)")
-    parser.add_argument("--no-flow", action="store_true", help="run without Prefect (torchrun ranks do)")
+    add_no_flow_flag(parser)
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
 
 

@@ -21,11 +21,13 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
+from pipelines.common import write_failures_by_kind, write_json_atomic
 from pipelines.demo import stage_times
 
 ROOT = Path(__file__).resolve().parents[2]
 MICRO = ROOT / "tests" / "fixtures" / "params-micro.yaml"
 DATASETS = ("kinetics", "charades", "ssv2", "imagenet")
+VIDEO_DATASETS = ("kinetics", "charades", "ssv2")
 STAGES = (
     [f"{stage}@{ds}" for stage in ("download", "reencode", "shard") for ds in DATASETS]
     + ["pretrain", "finetune@charades", "finetune@ssv2"]
@@ -269,7 +271,12 @@ def test_metrics_and_plots_show(dag):
             "top1_shuffled" in metrics[f"metrics/{ds}.json"]["data"]
             or "mAP_shuffled" in metrics[f"metrics/{ds}.json"]["data"]
         )
-    assert metrics["metrics/timing/pretrain.json"]["data"]["steps"] == 2
+    # timing files are plain outs, not metrics; dvclive's summaries are metrics (the last step: 2 steps)
+    assert not [path for path in metrics if path.startswith("metrics/timing/")]
+    assert (a / "metrics" / "timing" / "pretrain.json").is_file()
+    for live in ("pretrain", "finetune-charades", "finetune-ssv2"):
+        summary = metrics[f"dvclive/{live}/metrics.json"]["data"]
+        assert summary["step"] == 1 and summary["train"]["loss"] > 0, (live, summary)
 
     plots = json.loads(dvc(a, "plots", "show", "--json"))["data"]
     expected = {
@@ -280,9 +287,73 @@ def test_metrics_and_plots_show(dag):
     }
     for name, rows in expected.items():
         assert len(plots[name][0]["content"]["data"]["values"]) == rows, name
+    # reencode's data quality, per dataset: 8 train + 8 val items each (micro sources: 30 fps, 64 px)
+    quality = {
+        "Source fps (reencode)": ("source_fps", VIDEO_DATASETS),
+        "Source duration, s (reencode)": ("source_duration", VIDEO_DATASETS),
+        "Source resolution, px (reencode)": ("source_height", DATASETS),
+    }
+    for name, (field, datasets) in quality.items():
+        rows = plots[name][0]["content"]["data"]["values"]
+        per_dataset = {ds: [r for r in rows if r["filename"] == f"{ds}/quality.json"] for ds in datasets}
+        assert {ds: len(r) for ds, r in per_dataset.items()} == dict.fromkeys(datasets, 16), name
+        for ds, ds_rows in per_dataset.items():
+            expected_rows = json.loads((a / "videos" / ds / "quality.json").read_text())
+            assert sorted(r[field] for r in ds_rows) == sorted(q[field] for q in expected_rows), (name, ds)
+    assert {r["source_fps"] for r in plots["Source fps (reencode)"][0]["content"]["data"]["values"]} == {30.0}
     dvc(a, "plots", "show", "-o", str(a / "dvc_plots"))
     html = (a / "dvc_plots" / "index.html").read_text()
     assert "Per-class accuracy" in html and "Charades per-class AP" in html and "Training loss" in html
+
+
+@pytest.mark.slow
+def test_remote_push_then_pull_in_a_fresh_clone_restores_without_recomputing(dag, tmp_path):
+    """The README's remote example: `dvc remote add -d local <folder>`, `dvc push`; a fresh clone's `dvc
+    pull` restores raw/, videos/, shards/ and models/ byte for byte, and `dvc repro --allow-missing` runs
+    nothing. Only the uncached checkpoints are missing there (`dvc status` names exactly them)."""
+    a = dag["a"]
+    # runs before the experiment test: a's workspace is its commit's dvc repro
+    git(a, "diff", "--quiet", "HEAD", "--", "params.yaml", "dvc.lock")
+    published = tmp_path / "published"
+    git(tmp_path, "clone", "-q", str(a), str(published))
+    for folder in ("metrics", "plots", "dvclive"):  # `cache: false` outs: versioned with git, as DVC says
+        shutil.copytree(a / folder, published / folder)
+    dvc(published, "cache", "dir", "--local", str(a / ".dvc" / "cache"))  # the cache that dvc repro filled
+    remote = tmp_path / "remote"
+    dvc(published, "remote", "add", "-d", "local", str(remote))
+    git(published, "add", "-A")
+    git(published, "commit", "-q", "-m", "results and the remote")
+    pushed = dvc(published, "push")
+    assert remote.is_dir() and any(remote.rglob("*")), pushed
+
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(published), str(clone))
+    assert not (clone / "shards").exists() and not (clone / "models").exists()
+    dvc(clone, "pull")
+    for ds in DATASETS:
+        for split in ("train", "val"):
+            index = Path("shards", ds, split, "index.json")
+            assert (clone / index).read_bytes() == (a / index).read_bytes()
+            for shard in json.loads((a / index).read_text())["shards"]:
+                tar = index.parent / shard["name"]
+                assert (clone / tar).read_bytes() == (a / tar).read_bytes()
+        manifest = Path("videos", ds, "manifest.jsonl")
+        assert (clone / manifest).read_bytes() == (a / manifest).read_bytes()
+    for model in ("pretrain", "charades", "ssv2"):
+        path = Path("models", model, "model.pt")
+        assert (clone / path).read_bytes() == (a / path).read_bytes()
+    status = json.loads(dvc(clone, "status", "--json"))
+    assert status == {
+        stage: [{"changed outs": {f"checkpoints/{name}": "deleted"}}]
+        for stage, name in (
+            ("pretrain", "pretrain"),
+            ("finetune@charades", "charades"),
+            ("finetune@ssv2", "ssv2"),
+        )
+    }
+    out = dvc(clone, "repro", "--allow-missing")
+    assert _ran(out) == [], out
+    assert sum("didn't change, skipping" in line for line in out.splitlines()) == len(STAGES)
 
 
 @pytest.mark.slow
@@ -301,6 +372,97 @@ def test_exp_run_with_a_pretrain_param(dag):
     assert "ckpt2" in exps
     data = exps["ckpt2"]["data"]
     assert data["params"]["params.yaml"]["data"]["pretrain"]["checkpoint_every"] == 2
+    # params.yaml holds only the active sections (recipes live in recipes.yaml), and the experiment's
+    # metrics are the evaluation metrics and dvclive's summaries, not the timing files
+    assert set(data["params"]["params.yaml"]["data"]) == {
+        "datasets",
+        "reencode",
+        "shard",
+        "model",
+        "pretrain",
+        "finetune",
+        "evaluate",
+        "deploy",
+    }
+    assert "dvclive/pretrain/metrics.json" in data["metrics"]
+    assert not [path for path in data["metrics"] if path.startswith("metrics/timing/")]
     # DVC keeps `cache: false` metrics in git: the experiment's commit holds them (.gitignore must not).
     ssv2 = json.loads((a / "metrics" / "ssv2.json").read_text())
     assert data["metrics"]["metrics/ssv2.json"]["data"] == ssv2
+
+
+def _reencode_plots() -> dict:
+    """dvc.yaml's reencode data-quality plot definitions (title -> definition)."""
+    plots = YAML(typ="safe").load((ROOT / "dvc.yaml").read_text())["plots"]
+    return {name: spec for entry in plots for name, spec in entry.items() if name.endswith("(reencode)")}
+
+
+def test_reencode_quality_plots_are_declared(tmp_path):
+    """dvc.yaml's data-quality plots, drawn by `dvc plots show` from files in reencode's format (fabricated
+    here; the micro DAG test draws the real ones): one series per dataset for source fps, duration and
+    resolution, and the failures by reason (failures_by_kind.json, written by
+    pipelines.common.write_failures_by_kind)."""
+    specs = _reencode_plots()
+    assert set(specs) == {
+        "Source fps (reencode)",
+        "Source duration, s (reencode)",
+        "Source resolution, px (reencode)",
+        "Failures by reason (reencode)",
+    }
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    dvc(repo, "init", "-q")
+    (repo / ".dvc" / "plots").mkdir()
+    shutil.copyfile(ROOT / ".dvc" / "plots" / "histogram.json", repo / ".dvc" / "plots" / "histogram.json")
+    (repo / "dvc.yaml").write_text(json.dumps({"plots": [{k: v} for k, v in specs.items()]}))
+    sources = {"kinetics": (25.0, 10.0), "charades": (30.0, 30.0), "ssv2": (12.0, 3.0)}
+    for i, ds in enumerate(DATASETS):
+        rows = []
+        for j in range(3 + i):  # a different count per dataset
+            row = {"id": f"{ds}{j}", "split": "train", "source_width": 320 + j, "source_height": 240 + i}
+            if ds in sources:
+                fps, seconds = sources[ds]
+                row |= {"source_fps": fps, "source_duration": seconds + j}
+            rows.append(row)
+        write_json_atomic(repo / "videos" / ds / "quality.json", rows)
+        failed = [{"id": f"{ds}-bad{j}", "kind": "unreadable" if j % 2 else "missing"} for j in range(i)]
+        write_failures_by_kind(repo / "videos" / ds, failed)
+
+    shown = json.loads(dvc(repo, "plots", "show", "--json"))
+    assert not shown.get("errors"), shown.get("errors")
+    plots = {name: p[0]["content"] for name, p in shown["data"].items()}
+
+    def rows_of(name: str) -> dict[str, list[dict]]:
+        values = plots[name]["data"]["values"]
+        return {ds: [r for r in values if r["filename"].startswith(f"{ds}/")] for ds in DATASETS}
+
+    fps = rows_of("Source fps (reencode)")
+    assert {ds: [r["source_fps"] for r in rows] for ds, rows in fps.items()} == {
+        "kinetics": [25.0] * 3,
+        "charades": [30.0] * 4,
+        "ssv2": [12.0] * 5,
+        "imagenet": [],  # images have no frame rate
+    }
+    duration = rows_of("Source duration, s (reencode)")
+    assert [r["source_duration"] for r in duration["ssv2"]] == [3.0, 4.0, 5.0, 6.0, 7.0]
+    resolution = rows_of("Source resolution, px (reencode)")
+    assert {ds: len(rows) for ds, rows in resolution.items()} == {
+        "kinetics": 3,
+        "charades": 4,
+        "ssv2": 5,
+        "imagenet": 6,
+    }
+    assert {r["source_height"] for r in resolution["imagenet"]} == {243}
+    failures = rows_of("Failures by reason (reencode)")
+    assert {ds: {r["kind"]: r["count"] for r in rows} for ds, rows in failures.items()} == {
+        "kinetics": {},
+        "charades": {"missing": 1},
+        "ssv2": {"missing": 1, "unreadable": 1},
+        "imagenet": {"missing": 2, "unreadable": 1},
+    }
+    # the histogram template bins the field and counts items, coloured by dataset
+    encoding = plots["Source fps (reencode)"]["encoding"]
+    assert encoding["x"]["field"] == "source_fps" and encoding["x"]["bin"]
+    assert encoding["y"]["aggregate"] == "count" and encoding["color"]["field"] == "filename"
+    assert plots["Source resolution, px (reencode)"]["encoding"]["x"]["field"] == "source_width"

@@ -1,5 +1,6 @@
-"""Profiles: recipes.paper equals supplement Table 1 value by value; every profile switches, validates and
-builds (model, optimiser, schedule, loaders) on the meta device."""
+"""Profiles: recipes.yaml's paper recipes equal supplement Table 1 value by value (and the pinned
+augmentation); every profile switches, validates and builds (model, optimiser, schedule, loaders) on the
+meta device; a paper profile refuses datasets still on synthetic data."""
 
 from __future__ import annotations
 
@@ -11,15 +12,17 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
-from pipelines.params import ConfigError, load_params
-from pipelines.profile import apply_profile, split_batch
+from pipelines.params import ConfigError, load_params, read_yaml
+from pipelines.profile import DEFAULT_RECIPES, RecipeError, apply_profile, load_recipes, split_batch
 from tubevit.config.model import build_model
 from tubevit.data.shards import train_loader
 from tubevit.train.optim import build_optimizer, build_schedule
 
 ROOT = Path(__file__).resolve().parents[2]
 PARAMS = ROOT / "params.yaml"
+RECIPES = ROOT / "recipes.yaml"
 
 # Supplement Table 1 (../shared/paper/tubevit-supplement.md), written out here by hand. K400/K600/K700
 # share a column ("kinetics"). "-" in the table is 0 here. Size 224 and 4x3 views: main paper (Table 7f).
@@ -67,6 +70,9 @@ TABLE1_LR = {  # base learning rate: "5e-5 (L,H 1e-5)", 1e-3, 2e-5
 }
 TABLE1_WD = {"base": 1e-3, "large": 1e-5, "huge": 1e-5}  # "0.001 (B) 1e-5 (L,H)", every dataset
 VARIANTS = ("base", "large", "huge")
+# Pinned augmentation (docs/design.md "Training": RandomResizedCrop(scale=(0.25, 1), ratio=(3/4, 4/3))) and
+# our gradient clipping choice (the paper states none): every paper recipe.
+PINNED_AUGMENTATION = {"crop_scale": (0.25, 1.0), "crop_ratio": (0.75, 4 / 3), "clip_grad": 1.0}
 NUM_CLASSES = {"kinetics": 600, "imagenet": 1000, "charades": 157, "ssv2": 174}  # the real datasets
 
 
@@ -75,19 +81,42 @@ def params():
     return load_params(PARAMS)
 
 
+@pytest.fixture(scope="module")
+def recipes():
+    return load_recipes(RECIPES)
+
+
 @pytest.mark.parametrize("dataset", list(TABLE1))
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_paper_recipes_equal_table1(params, dataset, variant):
-    recipe = params.recipes["paper"][dataset][variant]
-    expected = {**TABLE1_COMMON, **TABLE1[dataset]}
+def test_paper_recipes_equal_table1(recipes, dataset, variant):
+    recipe = recipes["paper"][dataset][variant]
+    expected = {**TABLE1_COMMON, **TABLE1[dataset], **PINNED_AUGMENTATION}
     expected["lr"] = TABLE1_LR[dataset][variant]
     expected["weight_decay"] = TABLE1_WD[variant]
     for key, value in expected.items():
-        assert getattr(recipe, key) == value, f"recipes.paper.{dataset}.{variant}.{key}"
-    assert recipe.wd_mode == "adamw"  # decoupled weight decay (DESIGN.md "Training")
+        assert getattr(recipe, key) == value, f"paper.{dataset}.{variant}.{key}"
+    assert recipe.wd_mode == "adamw"  # decoupled weight decay (docs/design.md "Training")
     assert recipe.tubes == ("charades_interpolated" if dataset == "charades" else "paper")
-    assert set(params.recipes["paper"]) == set(TABLE1)
-    assert set(params.recipes["paper"][dataset]) == set(VARIANTS)
+    assert recipe.compile is True  # paper recipes are for GPUs
+    assert set(recipes["paper"]) == set(TABLE1)
+    assert set(recipes["paper"][dataset]) == set(VARIANTS)
+
+
+def test_recipes_are_out_of_params():
+    """params.yaml holds only the active sections (what `dvc exp show` lists); the recipes file is the
+    repository's default for pipelines.profile."""
+    assert set(read_yaml(PARAMS)) == {
+        "datasets",
+        "reencode",
+        "shard",
+        "model",
+        "pretrain",
+        "finetune",
+        "evaluate",
+        "deploy",
+    }
+    assert DEFAULT_RECIPES == RECIPES
+    assert set(load_recipes()) == {"embedded", "paper"}
 
 
 def test_split_batch():
@@ -109,12 +138,12 @@ def _copy_params(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_paper_profile_sets_the_active_sections(tmp_path, params, variant):
+def test_paper_profile_sets_the_active_sections(tmp_path, params, recipes, variant):
     path = _copy_params(tmp_path)
-    changes = apply_profile(path, "paper", variant, nproc=2, micro_batch=4)
+    changes = apply_profile(path, "paper", variant, nproc=2, micro_batch=4, allow_synthetic=True)
     assert changes, "the embedded default differs from the paper"
     p = load_params(path)
-    k, c, s = (params.recipes["paper"][ds][variant] for ds in ("kinetics", "charades", "ssv2"))
+    k, c, s = (recipes["paper"][ds][variant] for ds in ("kinetics", "charades", "ssv2"))
 
     assert (p.model.variant, p.model.tubes, p.model.head_dropout) == (variant, "paper", 0.0)
     pre = p.pretrain
@@ -130,6 +159,8 @@ def test_paper_profile_sets_the_active_sections(tmp_path, params, variant):
             2,
             10,
         )
+        assert (lcfg.crop_scale, lcfg.crop_ratio) == ((0.25, 1.0), (0.75, 4 / 3))  # pinned, not [0.5, 1]
+    assert (pre.optim.clip_grad, pre.compile) == (1.0, True)
     assert (p.evaluate.temporal_views, p.evaluate.spatial_views) == (4, 3)
 
     ch = p.finetune["charades"]
@@ -143,11 +174,17 @@ def test_paper_profile_sets_the_active_sections(tmp_path, params, variant):
         0.0,
     )
     assert ch.tubes == "charades_interpolated" and ch.multilabel
+    assert (ch.loader.crop_scale, ch.loader.crop_ratio, ch.optim.clip_grad) == (
+        (0.25, 1.0),
+        (0.75, 4 / 3),
+        1.0,
+    )
     ss = p.finetune["ssv2"]
     assert (ss.optim.lr, ss.optim.weight_decay) == (2e-5, TABLE1_WD[variant])
     assert ss.loader.batch_size * ss.accum_steps * ss.nproc == 256
     assert (ss.loader.frames, ss.label_smoothing, ss.dropout, ss.mixup) == (32, 0.3, 0.3, 0.3)
     assert ss.tubes is None  # keeps the pretrained (paper) tubes
+    assert (ss.loader.crop_scale, ss.loader.randaugment_ops, ss.compile) == ((0.25, 1.0), 2, True)
 
     fps = {name: cfg.fps for name, cfg in p.datasets.items() if not cfg.is_image}
     assert (
@@ -161,23 +198,19 @@ def test_paper_profile_sets_the_active_sections(tmp_path, params, variant):
         n: dataclasses.replace(d, fps=p.datasets[n].fps, short_side=256) for n, d in params.datasets.items()
     }
     assert p.datasets == same
-    assert (p.recipes, p.reencode, p.shard, p.deploy) == (
-        params.recipes,
-        params.reencode,
-        params.shard,
-        params.deploy,
-    )
-    # comments and layout are kept
+    assert (p.reencode, p.shard, p.deploy) == (params.reencode, params.shard, params.deploy)
+    # comments and layout (flow-style lists too) are kept
     text = path.read_text()
     assert text.startswith(PARAMS.read_text().split("\n", 1)[0])
-    assert "# Supplement Table 1" in text and "dask_address: null" in text
+    assert "dask_address: null" in text and "# RandomResizedCrop scale and aspect ratio" in text
+    assert "crop_scale: [0.25, 1.0]" in text
 
 
 def test_embedded_profile_is_the_default_and_switches_back(tmp_path, params):
     path = _copy_params(tmp_path)
     assert apply_profile(path, "embedded", "nano") == []  # the active sections ARE the embedded recipe
     assert path.read_bytes() == PARAMS.read_bytes()
-    apply_profile(path, "paper", "huge")
+    apply_profile(path, "paper", "huge", allow_synthetic=True)
     assert load_params(path) != params
     changed = apply_profile(path, "embedded", "nano")
     assert len(changed) > 20
@@ -186,13 +219,13 @@ def test_embedded_profile_is_the_default_and_switches_back(tmp_path, params):
 
 def test_profile_errors_leave_the_file_unchanged(tmp_path):
     path = _copy_params(tmp_path)
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(RecipeError) as info:
         apply_profile(path, "paper", "tiny")
-    assert info.value.key == "recipes.paper.kinetics.tiny"
-    with pytest.raises(ConfigError, match="no such profile"):
+    assert info.value.key == "paper.kinetics.tiny"
+    with pytest.raises(RecipeError, match="no such profile"):
         apply_profile(path, "papr", "base")
     with pytest.raises(ConfigError, match="not divisible by nproc=3"):
-        apply_profile(path, "paper", "base", nproc=3)
+        apply_profile(path, "paper", "base", nproc=3, allow_synthetic=True)
     assert path.read_bytes() == PARAMS.read_bytes()
 
     result = subprocess.run(
@@ -204,11 +237,119 @@ def test_profile_errors_leave_the_file_unchanged(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
-        f"{path}: recipes.paper.kinetics.bse: no such variant (defined: base, large, huge)"
+        "recipes.yaml: paper.kinetics.bse: no such variant (defined: base, large, huge)"
     ]
+    assert path.read_bytes() == PARAMS.read_bytes()
 
 
-# (profile, variant): every recipe set in params.yaml
+def test_paper_profile_refuses_synthetic_datasets_unless_allowed(tmp_path):
+    """The embedded default is all synthetic: the paper profile names the first such dataset and the flag."""
+    path = _copy_params(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        apply_profile(path, "paper", "base")
+    assert info.value.key == "datasets.kinetics.source"
+    assert "still 'synthetic'" in info.value.reason and "--allow-synthetic" in info.value.reason
+    assert path.read_bytes() == PARAMS.read_bytes()
+
+    # kinetics on real data: the next synthetic dataset the profile sets (imagenet, mixed in pretraining)
+    text = PARAMS.read_text().replace(
+        "source: synthetic          # synthetic | local | http | youtube\n    uri: []",
+        "source: local              # synthetic | local | http | youtube\n    uri: [/data/kinetics]",
+        1,
+    )
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        apply_profile(path, "paper", "base")
+    assert info.value.key == "datasets.imagenet.source"
+    assert path.read_text() == text
+    assert apply_profile(path, "embedded", "nano") == []  # the embedded profile is made for synthetic data
+
+    cmd = [sys.executable, "-m", "pipelines.profile", "paper", "--variant", "base", "--params", str(path)]
+    refused = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2
+    assert refused.stderr.startswith(f"{path}: datasets.imagenet.source: still 'synthetic'")
+    allowed = subprocess.run(
+        [*cmd, "--allow-synthetic"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert allowed.returncode == 0, allowed.stderr
+    assert "model.variant: 'nano' -> 'base'" in allowed.stdout
+    assert load_params(path).model.variant == "base"
+
+
+def _write_recipes(tmp_path: Path, mutate) -> Path:
+    data = read_yaml(RECIPES)
+    mutate(data)
+    path = tmp_path / "recipes.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+# (id, mutation of recipes.yaml, dotted key in the file, words of the reason)
+BAD_RECIPES = [
+    (
+        "tubes",
+        lambda d: d["paper"]["ssv2"]["base"].update(tubes="pape"),
+        "paper.ssv2.base.tubes",
+        "unknown tube set",
+    ),
+    (
+        "fps",
+        lambda d: d["paper"]["charades"]["large"].update(fps=-6),
+        "paper.charades.large.fps",
+        "must be > 0",
+    ),
+    (
+        "variant",
+        lambda d: d["paper"]["ssv2"].update(bse=d["paper"]["ssv2"]["base"]),
+        "paper.ssv2.bse",
+        "unknown model variant 'bse'",
+    ),
+    (
+        "crop",
+        lambda d: d["paper"]["kinetics"]["base"].update(crop_scale=[0.0, 1.0]),
+        "paper.kinetics.base.crop_scale",
+        "bad range",
+    ),
+    (
+        "unknown",
+        lambda d: d["paper"]["kinetics"]["base"].update(lr_peak=1),
+        "paper.kinetics.base.lr_peak",
+        "unknown key",
+    ),
+    (
+        "missing",
+        lambda d: d["paper"]["kinetics"]["base"].pop("clip_grad"),
+        "paper.kinetics.base.clip_grad",
+        "missing",
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "mutate", "key", "reason"), BAD_RECIPES, ids=[b[0] for b in BAD_RECIPES])
+def test_malformed_recipes_name_the_key(tmp_path, case, mutate, key, reason):
+    recipes = _write_recipes(tmp_path, mutate)
+    with pytest.raises(ConfigError) as info:
+        load_recipes(recipes)
+    assert (info.value.key, reason in info.value.reason) == (key, True), str(info.value)
+    path = _copy_params(tmp_path)
+    with pytest.raises(RecipeError) as info:
+        apply_profile(path, "paper", "base", recipes=recipes, allow_synthetic=True)
+    assert info.value.key == key
+    assert path.read_bytes() == PARAMS.read_bytes()
+
+
+def test_recipe_for_an_undefined_dataset_is_refused(tmp_path):
+    recipes = _write_recipes(tmp_path, lambda d: d["paper"].update(k400=d["paper"]["kinetics"]))
+    path = _copy_params(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        apply_profile(path, "paper", "base", recipes=recipes, allow_synthetic=True)
+    assert (info.value.key, info.value.reason) == (
+        "paper.k400",
+        "dataset 'k400' is not defined under datasets in params",
+    )
+
+
+# (profile, variant): every recipe set in recipes.yaml
 PROFILES = [("paper", v) for v in VARIANTS] + [("embedded", "nano")]
 PAPER_PARAMS_M = {"base": 91.3, "large": 311.7, "huge": 642.7}  # DESIGN.md, IN1k + K600 heads, no head MLP
 
@@ -216,7 +357,7 @@ PAPER_PARAMS_M = {"base": 91.3, "large": 311.7, "huge": 642.7}  # DESIGN.md, IN1
 @pytest.mark.parametrize(("profile", "variant"), PROFILES, ids=[f"{p}-{v}" for p, v in PROFILES])
 def test_every_profile_validates_and_builds_on_meta(tmp_path, profile, variant):
     path = _copy_params(tmp_path)
-    apply_profile(path, profile, variant)
+    apply_profile(path, profile, variant, allow_synthetic=True)
     p = load_params(path)
 
     def check_training(model, optim_cfg, steps):
