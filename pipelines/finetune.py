@@ -150,16 +150,7 @@ def run(
 
     # data
     meta = training.dataset_meta(shards, name, "train", dcfg)
-    batches = training.make_batches(
-        {name: meta},
-        {name: lcfg},
-        {name: 1.0},
-        seed=fcfg.seed,
-        accum_steps=fcfg.accum_steps,
-        rank=stage.info.rank,
-        world_size=stage.info.world_size,
-        device=stage.device,
-    )
+    batches = stage.batches(fcfg, {name: meta}, {name: lcfg}, {name: 1.0})
     evaluate = None
     if fcfg.eval_every > 0:
         val = training.dataset_meta(shards, name, "val", dcfg)

@@ -109,16 +109,7 @@ def run(
                 training.join_url(shards, name), name, "val", params.dataset(name)
             )
     chash = run_config_hash(params, training.data_fingerprint(list(metas.values())))
-    batches = training.make_batches(
-        metas,
-        pcfg.loader,
-        weights,
-        seed=pcfg.seed,
-        accum_steps=pcfg.accum_steps,
-        rank=stage.info.rank,
-        world_size=stage.info.world_size,
-        device=stage.device,
-    )
+    batches = stage.batches(pcfg, metas, pcfg.loader, weights)
     evaluate = None
     if pcfg.eval_every > 0 and metas_val:
         evaluate = training.make_validation(metas_val, pcfg.loader, stage.device, params.evaluate.batch_size)

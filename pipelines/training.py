@@ -697,6 +697,26 @@ class Stage:
         self.timer = Timer()
         self.trained = False  # set by train(): the report then includes throughput, device and ranks
 
+    def batches(
+        self,
+        cfg: Any,
+        metas: Mapping[str, DatasetMeta],
+        loaders: Mapping[str, LoaderConfig],
+        weights: Mapping[str, float],
+    ):
+        """:func:`make_batches` for this process (rank, world size, device) with the section ``cfg``'s
+        seed and ``accum_steps``."""
+        return make_batches(
+            metas,
+            loaders,
+            weights,
+            seed=cfg.seed,
+            accum_steps=cfg.accum_steps,
+            rank=self.info.rank,
+            world_size=self.info.world_size,
+            device=self.device,
+        )
+
     def train(
         self,
         cfg: Any,
