@@ -70,6 +70,7 @@ def run(
     callbacks: Sequence[Callback] = (),
     progress: bool = True,
     tubes_plot: Path | None = None,
+    weights_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Pretrain ``params.model`` on ``params.pretrain.datasets`` and write the model bundle to ``out``.
 
@@ -86,6 +87,8 @@ def run(
         tubes_plot: a PNG (rank 0) of where the trained model's tubes sample the first video dataset's
             training clip (:func:`tubevit.viz.draw_tubes`; the active tubes, skipped ones in the legend);
             ``None``: none.
+        weights_dir: the folder dvc.yaml declares as the stage's weights dependency; ``init_from`` and
+            ``tubes_from`` must lie in it (``None``: not checked).
 
     Returns the summary (steps, final loss, seconds, clips/s), also what the timing file holds.
 
@@ -95,6 +98,7 @@ def run(
     # params
     pcfg = params.pretrain
     weights = dict(pcfg.datasets)
+    training.check_start_weights(pcfg, weights_dir)
     stage = training.Stage(STAGE, pcfg.device, max(pcfg.loader[name].workers for name in weights), log)
 
     # data: each mixed dataset's train split (and val, when present, for in-training evaluation)
@@ -166,10 +170,8 @@ def run(
     return stage.report(timing, summary, f"wrote {out}")
 
 
-def _run_from_args(
-    params: Params, paths: dict[str, Any], progress: bool = True, tubes_plot: Path | None = None
-) -> dict[str, Any]:
-    return run(params, **paths, progress=progress, tubes_plot=tubes_plot)
+def _run_from_args(params: Params, paths: dict[str, Any], **options: Any) -> dict[str, Any]:
+    return run(params, **paths, **options)
 
 
 pretrain_flow = training.training_flow(STAGE, "pipelines.pretrain", _run_from_args, dataset_param=None)
@@ -183,6 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--tubes-plot", type=Path, default=None, help="PNG of the model's tubes on a clip (plots/tubes.png)"
     )
+    parser.add_argument(
+        "--weights",
+        type=Path,
+        default=None,
+        help="folder holding pretrain.init_from / tubes_from, a dependency in dvc.yaml (weights)",
+    )
     return parser
 
 
@@ -192,15 +200,14 @@ def main(argv: list[str] | None = None) -> int:
     training.setup_logging()
     params = load_params_or_exit(args.params)
     paths = training.training_paths(args)
+    options = {"tubes_plot": args.tubes_plot, "weights_dir": args.weights}
     return training.launch(
         "pipelines.pretrain",
         argv,
         params.pretrain.nproc,
         args.no_flow,
-        run=lambda: _run_from_args(params, paths, not args.no_progress, args.tubes_plot),
-        flow=lambda: pretrain_flow(
-            params.pretrain.nproc, argv, None, (params, paths, True, args.tubes_plot), {}
-        ),
+        run=lambda: _run_from_args(params, paths, progress=not args.no_progress, **options),
+        flow=lambda: pretrain_flow(params.pretrain.nproc, argv, None, (params, paths), options),
     )
 
 

@@ -76,6 +76,7 @@ __all__ = [
     "Stage",
     "Timer",
     "add_training_arguments",
+    "check_start_weights",
     "configure_threads",
     "data_fingerprint",
     "dataset_meta",
@@ -610,6 +611,29 @@ def read_start_weights(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"pretrain.init_from: {path}: no such weights file or model folder")
     return read_state_dict(path)
+
+
+def check_start_weights(pcfg: PretrainConfig, weights: Path | None) -> None:
+    """Refuse an ``init_from`` / ``tubes_from`` outside ``weights``, the folder dvc.yaml declares as the
+    pretrain stage's dependency (so that DVC reruns the stage when those weights change). ``weights``
+    ``None`` (a run outside DVC) checks nothing.
+
+    Raises:
+        ValueError: names the key, the path and the folder.
+    """
+    if weights is None:
+        return
+    root = Path(os.path.normpath(Path(weights).absolute()))
+    for key in ("init_from", "tubes_from"):
+        value = getattr(pcfg, key)
+        if value is None:
+            continue
+        path = Path(os.path.normpath(Path(value).absolute()))
+        if path != root and root not in path.parents:
+            raise ValueError(
+                f"pretrain.{key}: {value} is outside {weights}/, the folder dvc.yaml declares as this "
+                f"stage's weights dependency; put it under {weights}/"
+            )
 
 
 def pretrain_model(model_cfg: ModelConfig, pcfg: PretrainConfig, heads: Mapping[str, int]) -> TubeViT:

@@ -450,3 +450,30 @@ def test_main_writes_the_tubes_plot(shards, tmp_path):
         assert image.format == "PNG" and image.size == canvas_size(len(get_tube_set("embedded")))
         assert len(image.convert("RGB").getcolors(maxcolors=100_000)) > 4  # drawn, not blank
     assert not list(plot.parent.glob(".*tmp*"))  # written atomically
+
+
+def test_start_weights_must_lie_in_the_declared_weights_folder(base, shards, tmp_path):
+    """``--weights <dir>`` (the dvc.yaml dependency): an ``init_from`` / ``tubes_from`` outside it is refused
+    before anything runs, naming the key; inside it (or a run without ``--weights``) it is used."""
+    inside = tmp_path / "weights" / "vit.pth"
+    inside.parent.mkdir()
+    torch.save(_image_vit("timm"), inside)
+    outside = tmp_path / "elsewhere.pth"
+    params = _with(micro_params(), init_from=str(outside))
+    for weights in (tmp_path / "weights", Path("weights")):
+        with pytest.raises(
+            ValueError,
+            match=r"^pretrain.init_from: .*elsewhere.pth is outside .*weights/, the folder dvc.yaml declares",
+        ):
+            pretrain.run(params, shards, tmp_path / "x", None, progress=False, weights_dir=weights)
+    assert not (tmp_path / "x").exists()
+    trick = _with(micro_params(), init_from=str(tmp_path / "weights" / ".." / "elsewhere.pth"))
+    with pytest.raises(ValueError, match="outside"):
+        training.check_start_weights(trick.pretrain, tmp_path / "weights")
+    scaled = _with(
+        micro_params(), init_from=str(inside), tubes_from=str(micro_pretrained(base)), scale_from_layer=2
+    )
+    with pytest.raises(ValueError, match=r"^pretrain.tubes_from: .* is outside"):
+        training.check_start_weights(scaled.pretrain, tmp_path / "weights")
+    training.check_start_weights(_with(micro_params(), init_from=str(inside)).pretrain, tmp_path / "weights")
+    training.check_start_weights(params.pretrain, None)
