@@ -245,6 +245,16 @@ def main(argv: list[str] | None = None) -> None:
         "crop_resize_cpu_tensors": "torchvision_per_sample_uint8",
         "crop_resize_cuda": "matmul_aa (fp16)",
         "cpu_path_faster_on_this_device": cpu_faster,
+        "device_over_cpu_range": [
+            min(r["device_over_cpu"] for r in aug.values()),
+            max(r["device_over_cpu"] for r in aug.values()),
+        ],
+        "reason": (
+            "crop: on CPU tensors torch's uint8 kernel per clip (channels-last) is the fastest and bitwise the "
+            "CPU path; on CUDA the batched matmul (two bmm launches for the batch, fp16 tensor cores), which this "
+            "run measures only with --device cuda. augment_on auto on CPU: the CPU path, which runs in loader "
+            "workers concurrently with the step, while the device path runs serially in the training process"
+        ),
         "library_cpu_auto_choice": augment.CPU_AUTO_CHOICE,
     }
     results["machine"]["load_average_at_end"] = os.getloadavg()

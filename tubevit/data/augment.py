@@ -4,7 +4,7 @@ One home for the training augmentation of the paper: a clip-consistent ``RandomR
 ratio)`` followed by ``RandAugment(num_ops, magnitude, num_magnitude_bins=11)`` (magnitude on the paper's
 0-10 scale), with the parameters of each clip drawn once and applied identically to all of its T frames.
 
-- :func:`draw_clip_params` draws a clip's :class:`ClipParams` from a ``torch.Generator`` made from the
+- :func:`draw_clip_params` (or :class:`ClipAugment` holding its settings) draws a clip's :class:`ClipParams` from a ``torch.Generator`` made from the
   sample's seed (never the global RNG): the crop box as ``v2.RandomResizedCrop`` draws it (10 tries, then the
   centre fallback) and RandAugment's ops and signed magnitudes from torchvision v2's op table. The sequence of
   draws is torchvision's, so a seed gives the same crop and ops as ``v2.Compose`` under ``torch.manual_seed``.
@@ -41,18 +41,23 @@ from torchvision.transforms.v2.functional._geometry import _get_inverse_affine_m
 
 __all__ = [
     "AUGMENT_ON",
+    "CPU_AUTO_CHOICE",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "NUM_MAGNITUDE_BINS",
     "RANDAUGMENT_OPS",
+    "ClipAugment",
     "ClipParams",
     "augment_batch",
     "augment_clip",
+    "augment_video",
     "draw_clip_params",
     "normalize",
     "pack_params",
     "resolve_augment_on",
     "to_model_input",
+    "to_video",
+    "unpack_params",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -70,10 +75,12 @@ _AFFINE_OPS = frozenset({"ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate
 
 AUGMENT_ON = ("auto", "cpu", "device")
 CPU_AUTO_CHOICE = "cpu"
-"""What ``augment_on: auto`` means when training on the CPU: the faster of the two paths there.
+"""What ``augment_on: auto`` means when training on the CPU.
 
-Measured by ``benchmarks/augment.py`` (``benchmarks/results/augment.json``): on CPU tensors the CPU path, run in
-the loader workers, is faster per clip than the batched path run in the training process.
+``benchmarks/augment.py`` (``benchmarks/results/augment.json``) measures the two paths at about the same cost
+per clip on one CPU core: device path / CPU path 0.83-1.09 across its rows (0.73-1.13 over runs, under shared
+load). The CPU path runs in the loader's worker processes, concurrently with the training step; the device
+path runs in the training process, serially with it. At equal cost the CPU path wins.
 """
 
 
@@ -177,6 +184,41 @@ def draw_clip_params(
                 value *= -1
         ops.append((name, value))
     return ClipParams(size, top, left, h, w, tuple(ops))
+
+
+@dataclass(frozen=True)
+class ClipAugment:
+    """The training augmentation's settings (a loader's crop and RandAugment keys), drawing per clip.
+
+    ``draw(seed, height, width)`` is :func:`draw_clip_params` with these settings; the settings are checked
+    here, once, with the field's name in the message.
+    """
+
+    size: int
+    scale: tuple[float, float] = (0.25, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    randaugment: bool = True
+    num_ops: int = 2
+    magnitude: int = 10
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scale", tuple(self.scale))
+        object.__setattr__(self, "ratio", tuple(self.ratio))
+        self.draw(0, 1, 1)  # validates every field
+
+    def draw(self, seed: int, height: int, width: int) -> ClipParams:
+        """The params of one clip with ``height`` x ``width`` frames, from the sample's ``seed``."""
+        return draw_clip_params(
+            seed,
+            height,
+            width,
+            size=self.size,
+            scale=self.scale,
+            ratio=self.ratio,
+            randaugment=self.randaugment,
+            num_ops=self.num_ops,
+            magnitude=self.magnitude,
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -299,23 +341,25 @@ def _aa_weights(start: torch.Tensor, length: torch.Tensor, in_size: int, out_siz
     scale = (length / out_size)[:, None, None]  # (B, 1, 1)
     support = scale.clamp(min=1.0)
     centre = scale * (torch.arange(out_size, device=device, dtype=torch.float32)[None, :, None] + 0.5)
-    k = (
-        torch.arange(in_size, device=device, dtype=torch.float32)[None, None, :] - start[:, None, None]
-    )  # local
+    source = torch.arange(in_size, device=device, dtype=torch.float32)[None, None, :]  # (1, 1, in_size)
+    k = source - start[:, None, None]  # source pixel index within each crop
     w = (1.0 - ((k - centre + 0.5) / support).abs()).clamp(min=0.0)
     w = w * ((k >= 0) & (k < length[:, None, None]))
     return w / w.sum(-1, keepdim=True)
 
 
 def _crop_resize_per_sample(video: torch.Tensor, params: Sequence[ClipParams], size: int) -> torch.Tensor:
-    """Crop and resize each clip with ``F.resized_crop(antialias=True)`` on its uint8 planes.
+    """Crop and resize each clip with ``F.resize(antialias=True)`` on its uint8 crop, one clip at a time.
 
     On CPU tensors this is torch's uint8 kernel, so it is bitwise the CPU path's crop (and the fastest crop
     measured there). Returns float32 ``(B, C, T, size, size)``.
     """
     out = torch.empty(*video.shape[:3], size, size, dtype=torch.float32, device=video.device)
-    for i, p in enumerate(params):  # video[i] (C, T, H, W): resize works on the last two axes
-        out[i] = F.resized_crop(video[i], p.top, p.left, p.height, p.width, [size, size], antialias=True)
+    for i, p in enumerate(params):
+        crop = video[i, :, :, p.top : p.top + p.height, p.left : p.left + p.width]  # (C, T, h, w) view
+        # torch's uint8 kernel is 4x faster on interleaved RGB: copy the crop to (T, C, h, w) channels-last
+        crop = crop.transpose(0, 1).contiguous(memory_format=torch.channels_last)
+        out[i] = F.resize(crop, [size, size], antialias=True).transpose(0, 1)  # TCHW -> CTHW
     return out
 
 
@@ -388,13 +432,14 @@ def _affine(x: torch.Tensor, thetas: list[list[float]]) -> torch.Tensor:
     g, c, t, s, _ = x.shape
     device = x.device
     theta = _to_device(torch.tensor(thetas, dtype=torch.float32), device).view(g, 2, 3)
-    base = torch.empty(1, s, s, 3, device=device)
     coords = torch.linspace((1.0 - s) * 0.5, (s - 1.0) * 0.5, steps=s, device=device)
-    base[..., 0].copy_(coords)
-    base[..., 1].copy_(coords.unsqueeze(-1))
-    base[..., 2].fill_(1)
-    scaled = theta.transpose(1, 2) / (0.5 * s)  # (G, 3, 2)
-    grid = base.view(1, s * s, 3).expand(g, -1, -1).bmm(scaled).view(g, s, s, 2)
+    xs, ys = coords.view(1, 1, s), coords.view(1, s, 1)  # pixel centres relative to the image centre
+    scaled = theta.transpose(1, 2) / (0.5 * s)  # (G, 3, 2), normalised as torchvision's _affine_grid does
+    # the grid elementwise rather than by bmm: exact float32 whatever the TF32 matmul setting on CUDA
+    m = scaled.view(g, 3, 2, 1, 1)
+    grid = torch.stack(
+        [xs * m[:, 0, j] + ys * m[:, 1, j] + m[:, 2, j] for j in (0, 1)], dim=-1
+    )  # (G, S, S, 2)
     out = nnf.grid_sample(
         x.reshape(g, c * t, s, s), grid, mode="nearest", padding_mode="zeros", align_corners=False
     )
@@ -408,7 +453,14 @@ def _sharpness(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
         return x
     a, b = 1.0 / 13.0, 5.0 / 13.0
     kernel = _to_device(torch.tensor([[a, a, a], [a, b, a], [a, a, a]], dtype=torch.float32), x.device)
-    blurred = nnf.conv2d(x.reshape(-1, 1, s, s), kernel.view(1, 1, 3, 3)).round_().view(g, c, t, s - 2, s - 2)
+    with torch.backends.cudnn.flags(
+        enabled=torch.backends.cudnn.enabled,
+        benchmark=torch.backends.cudnn.benchmark,
+        deterministic=torch.backends.cudnn.deterministic,
+        allow_tf32=False,  # TF32 would move the blur by up to a level before rounding
+    ):
+        blurred = nnf.conv2d(x.reshape(-1, 1, s, s), kernel.view(1, 1, 3, 3))
+    blurred = blurred.round_().view(g, c, t, s - 2, s - 2)
     out = x.clone()
     view = out[..., 1:-1, 1:-1]
     view.addcmul_(blurred.sub_(view), alpha)

@@ -32,10 +32,10 @@ from torchvision.transforms.v2 import functional as F
 from tubevit.data.augment import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    ClipAugment,
     ClipParams,
     augment_clip,
     augment_video,
-    draw_clip_params,
     to_video,
 )
 
@@ -80,43 +80,27 @@ class TrainTransform:
         magnitude: int = 10,
         normalized: bool = True,
     ):
-        if not 0 <= magnitude <= 10:
-            raise ValueError(f"RandAugment magnitude must be in [0, 10], got {magnitude}")
         self.size = size
-        self.scale = tuple(scale)
-        self.ratio = tuple(ratio)
-        self.randaugment = randaugment
-        self.num_ops = num_ops
-        self.magnitude = magnitude
+        self.clip_augment = ClipAugment(size, scale, ratio, randaugment, num_ops, magnitude)  # validates
         self.normalized = normalized
 
     def params(self, height: int, width: int, seed: int) -> ClipParams:
         """The clip's crop and ops for ``height`` x ``width`` frames, drawn from ``seed``."""
-        return draw_clip_params(
-            seed,
-            height,
-            width,
-            size=self.size,
-            scale=self.scale,
-            ratio=self.ratio,
-            randaugment=self.randaugment,
-            num_ops=self.num_ops,
-            magnitude=self.magnitude,
-        )
+        return self.clip_augment.draw(seed, height, width)
 
-    def augment(self, frames: np.ndarray | torch.Tensor, seed: int) -> torch.Tensor:
-        """The augmented uint8 clip ``(T, 3, size, size)``, before normalisation."""
+    def _frame_params(self, frames: np.ndarray | torch.Tensor, seed: int) -> ClipParams:
         shape = tuple(frames.shape)
         if len(shape) != 4:
             raise ValueError(f"expected frames of shape (T, H, W, 3), got {shape}")
-        return augment_video(frames, self.params(shape[1], shape[2], seed))
+        return self.params(shape[1], shape[2], seed)
+
+    def augment(self, frames: np.ndarray | torch.Tensor, seed: int) -> torch.Tensor:
+        """The augmented uint8 clip ``(T, 3, size, size)``, before normalisation."""
+        return augment_video(frames, self._frame_params(frames, seed))
 
     def __call__(self, frames: np.ndarray | torch.Tensor, seed: int) -> torch.Tensor:
         if not self.normalized:
-            shape = tuple(frames.shape)
-            if len(shape) != 4:
-                raise ValueError(f"expected frames of shape (T, H, W, 3), got {shape}")
-            return augment_clip(frames, self.params(shape[1], shape[2], seed))
+            return augment_clip(frames, self._frame_params(frames, seed))  # uint8 (C, T, size, size)
         return normalize(self.augment(frames, seed))
 
 

@@ -25,6 +25,7 @@ from tubevit.data.augment import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     RANDAUGMENT_OPS,
+    ClipAugment,
     ClipParams,
     augment_batch,
     augment_clip,
@@ -140,6 +141,19 @@ def test_draw_refuses_bad_arguments():
         draw_clip_params(0, 10, 10, size=8, scale=(1.0, 0.5))
     with pytest.raises(ValueError, match="num_ops must be >= 0, got -1"):
         draw_clip_params(0, 10, 10, size=8, num_ops=-1)
+
+
+def test_clip_augment_holds_the_settings_and_checks_them():
+    aug = ClipAugment(24, scale=[0.5, 1.0], ratio=(1.0, 1.0), num_ops=3, magnitude=7)
+    assert aug.scale == (0.5, 1.0)
+    assert aug.draw(11, 40, 52) == draw_clip_params(
+        11, 40, 52, size=24, scale=(0.5, 1.0), ratio=(1.0, 1.0), num_ops=3, magnitude=7
+    )
+    assert len(aug.draw(11, 40, 52).ops) == 3 and ClipAugment(24, randaugment=False).draw(1, 40, 52).ops == ()
+    with pytest.raises(ValueError, match=r"RandAugment magnitude must be in \[0, 10\], got 12"):
+        ClipAugment(24, magnitude=12)
+    with pytest.raises(ValueError, match="size must be positive, got 0"):
+        ClipAugment(0)
 
 
 def test_pack_unpack_round_trip_and_errors():
@@ -333,3 +347,43 @@ def test_resolve_augment_on():
     assert resolve_augment_on("cpu", torch.device("cuda")) == "cpu"
     with pytest.raises(ValueError, match="augment_on: must be one of auto, cpu, device, got 'gpu'"):
         resolve_augment_on("gpu", "cpu")
+
+
+# --- on a GPU (never in CI) -------------------------------------------------------------------------------------
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.mark.gpu
+@cuda
+def test_cuda_batch_is_within_the_pinned_tolerance_of_the_cpu_path():
+    """On CUDA (fp16 matmul crop): crop within 1 level; end to end as on CPU tensors."""
+    clips = [_noise(2, 40, 52, s) for s in range(40)]
+    params = [draw_clip_params(s, 40, 52, size=24) for s in range(40)]
+    crops = [draw_clip_params(s, 40, 52, size=24, randaugment=False) for s in range(40)]
+    video = _batch(clips).cuda()
+    crop = augment_batch(video, pack_params(crops)).cpu()  # auto: the matmul crop on CUDA
+    full = augment_batch(video, pack_params(params)).cpu()
+    diffs = []
+    for i, clip in enumerate(clips):
+        assert (crop[i] - augment_clip(clip, crops[i]).float()).abs().max() <= 1
+        d = (full[i] - augment_clip(clip, params[i]).float()).abs()
+        assert d.mean() <= 1.0 and (d <= 1).float().mean() >= 0.75, params[i].ops
+        diffs.append(d.flatten())
+    assert (torch.cat(diffs) <= 1).float().mean() >= 0.95
+
+
+@pytest.mark.gpu
+@cuda
+def test_cuda_model_input_needs_no_host_synchronisation():
+    clips = [_noise(4, 64, 80, s) for s in range(16)]
+    params = pack_params([draw_clip_params(s, 64, 80, size=32) for s in range(16)])  # kept on the host
+    batch = {"video": _batch(clips).cuda(), "aug": params}
+    to_model_input(batch, "cuda")  # warm-up: first-call constants
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = to_model_input(batch, "cuda")
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert out.shape == (16, 3, 4, 32, 32) and out.device.type == "cuda"
