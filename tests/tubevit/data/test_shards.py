@@ -484,3 +484,21 @@ def test_a_shard_set_without_a_decodable_sample_fails(root, tmp_path):
             assert f"({len(urls)} shards" in str(e.value)
     with pytest.raises(NoSamplesError, match=r"first failure: .*cannot open video"):
         list(train_loader(bad, PLAIN, dataset="kinetics", num_classes=3, epoch_batches=1))
+
+
+def test_batch_memory_is_reused_only_once_released():
+    from tubevit.data.shards import _BufferPool
+
+    pool = _BufferPool(size=2)
+    a = pool.take(1000).view(10, 100)
+    a.fill_(7)
+    b = pool.take(1000)  # a is held: another buffer
+    assert b.data_ptr() != a.data_ptr() and (a == 7).all()
+    view = a.permute(1, 0)
+    del a
+    c = pool.take(1000)  # a's memory is still held through its view
+    assert c.data_ptr() not in (view.data_ptr(), b.data_ptr())
+    ptr = view.data_ptr()
+    del view, b
+    assert pool.take(1000).data_ptr() == ptr  # released: handed out again
+    assert pool.take(64).numel() == 64  # another size replaces an idle buffer
