@@ -74,8 +74,8 @@ import torch
 import webdataset as wds
 
 from tubevit.config.data import LoaderConfig
-from tubevit.data.augment import augment_clip, draw_clip_params, pack_params, resolve_augment_on
-from tubevit.data.transforms import EvalTransform, sample_seed
+from tubevit.data.augment import augment_clip, pack_params, resolve_augment_on
+from tubevit.data.transforms import EvalTransform, TrainTransform, sample_seed
 from tubevit.data.video import DecodeError, decode_all, decode_clip_eval, decode_clip_train, train_indices
 
 log = logging.getLogger(__name__)
@@ -382,8 +382,9 @@ class _TrainSample:
     ``augment_on="cpu"``: ``{"video": uint8 (C, T, size, size), "label", "key"}``, cropped and augmented.
     ``augment_on="device"``: ``{"video": uint8 (T, H, W, C) decoded frames, "params": ClipParams, ...}``;
     the crop and RandAugment run batched on the training device from the packed parameters.
-    Both draw the same parameters for a sample: :func:`~tubevit.data.augment.draw_clip_params` of the
-    seed that follows the window draw of ``random.Random(sample_seed(seed, epoch, __key__))``.
+    Both draw the same parameters for a sample (``TrainTransform.params``, i.e.
+    :func:`~tubevit.data.augment.draw_clip_params`) from the seed that follows the window draw of
+    ``random.Random(sample_seed(seed, epoch, __key__))``.
     """
 
     def __init__(
@@ -405,14 +406,15 @@ class _TrainSample:
         self.seed = seed
         self.epoch = epoch
         self.augment_on = augment_on
-        self.aug = {
-            "size": lcfg.size,
-            "scale": lcfg.crop_scale,
-            "ratio": lcfg.crop_ratio,
-            "randaugment": lcfg.randaugment,
-            "num_ops": lcfg.randaugment_ops,
-            "magnitude": lcfg.randaugment_magnitude,
-        }
+        self.transform = TrainTransform(
+            lcfg.size,
+            scale=lcfg.crop_scale,
+            ratio=lcfg.crop_ratio,
+            randaugment=lcfg.randaugment,
+            num_ops=lcfg.randaugment_ops,
+            magnitude=lcfg.randaugment_magnitude,
+            normalized=False,
+        )
 
     def __call__(self, sample: dict) -> dict:
         key = sample["__key__"]
@@ -444,8 +446,8 @@ class _TrainSample:
                 frames = _decode_image(data, name)
             label = _video_label(meta, self.num_classes, self.multilabel)
         frames = torch.from_numpy(np.ascontiguousarray(frames))  # (T, H, W, C): no copy when contiguous
-        params = draw_clip_params(rng.getrandbits(63), int(frames.shape[1]), int(frames.shape[2]), **self.aug)
-        if self.augment_on == "cpu":  # (C, T, size, size), cropped and augmented here
+        params = self.transform.params(int(frames.shape[1]), int(frames.shape[2]), rng.getrandbits(63))
+        if self.augment_on == "cpu":  # uint8 (C, T, size, size), cropped and augmented here
             return {"video": augment_clip(frames, params), "label": label, "key": key}
         return {"video": frames, "params": params, "label": label, "key": key}
 
@@ -572,7 +574,7 @@ class _EvalSample:
         self.views = lcfg.temporal_views
         self.num_classes = num_classes
         self.multilabel = multilabel
-        self.transform = EvalTransform(lcfg.size, lcfg.spatial_views)
+        self.transform = EvalTransform(lcfg.size, lcfg.spatial_views, normalized=False)
 
     def __call__(self, src: Iterable[dict]) -> Iterator[dict]:
         for sample in src:
@@ -587,8 +589,7 @@ class _EvalSample:
             label = _video_label(meta, self.num_classes, self.multilabel)
             spatial = self.transform.spatial_views
             for v, clip in enumerate(clips):
-                views = self.transform.crops(clip).transpose(1, 2)  # uint8 (S, C, T, size, size), a view
-                for s, view in enumerate(views):
+                for s, view in enumerate(self.transform(clip)):  # uint8 (S, C, T, size, size)
                     yield {"video": view, "label": label, "key": key, "view": v * spatial + s}
 
 

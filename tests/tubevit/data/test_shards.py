@@ -16,7 +16,7 @@ from pipelines.shard import read_tar_samples
 from pipelines.shard import run as shard
 from tests.tubevit.data.clips import decoded_indices, make_image_set, make_video_set, write_tar
 from tubevit.config.data import LoaderConfig, ShardConfig
-from tubevit.data.augment import augment_batch, augment_clip, unpack_params
+from tubevit.data.augment import augment_batch, augment_clip, to_model_input, unpack_params
 from tubevit.data.shards import (
     JointBatches,
     NoSamplesError,
@@ -363,15 +363,14 @@ def test_device_batches_carry_the_frames_and_the_cpu_paths_params(root):
             idx = decoded_indices(thwc.numpy())
             assert idx == list(range(idx[0], idx[0] + 8)) and 0 <= idx[0] <= metas[key]["frames"] - 8
             assert torch.equal(augment_clip(thwc, p), want), key
-    # the batched device path runs on these (channels-last) batches; crops match the cpu path
-    crop_only = replace(DEVICE, randaugment=False)
-    x, y = (
-        next(iter(_loader(root, replace(crop_only, augment_on="cpu")))),
-        next(iter(_loader(root, crop_only))),
-    )
-    out = augment_batch(y["video"], y["aug"])
-    assert out.shape == (4, 3, 8, 24, 24)
-    assert (out - x["video"].float()).abs().mean() < 1.0
+    # the batched device path runs on these channels-last batches: on CPU tensors with the per-clip crop it
+    # reproduces the cpu batches exactly (RandAugment included); to_model_input takes both kinds of batch
+    for x, y in zip(cpu, device, strict=True):
+        out = augment_batch(y["video"], y["aug"], crop="per_sample")
+        assert out.shape == (4, 3, 8, 24, 24) and torch.equal(out, x["video"].float())
+        for batch in (x, y):
+            model_input = to_model_input(batch, "cpu")
+            assert model_input.dtype == torch.float32 and model_input.shape == (4, 3, 8, 24, 24)
 
 
 def test_device_batches_are_zero_padded_to_the_largest_frames(root):
