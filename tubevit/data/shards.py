@@ -15,12 +15,13 @@ Conversion to float and ImageNet normalisation happen on the training device
   ``augment_batch`` applies them on the device. The workers only decode and draw the parameters. The
   video tensor is channels last in memory (a ``(B, T, H, W, C)`` buffer seen as ``(B, C, T, H, W)``), so
   no transpose runs on the CPU; a device copy (``.to(device)``) keeps those strides.
-- ``auto``: ``device`` when CUDA exists; the stage resolves it for its training device with
-  :func:`~tubevit.data.augment.resolve_augment_on` and passes the result.
+- ``auto``: the loader resolves it with :func:`~tubevit.data.augment.resolve_augment_on` for ``cuda`` when
+  CUDA exists, else for ``cpu``; a stage resolves it for its own training device and passes the result.
 
 Every sample's parameters, whichever side applies them, are drawn from its own seed, so a sample looks the
 same with either setting up to interpolation numerics. Tensors are written once, in their final layout,
-into pinned memory when CUDA exists (shared memory inside DataLoader workers; the DataLoader pins them).
+into pinned memory when CUDA exists (shared memory inside DataLoader workers; the DataLoader pins them), or
+into batch memory the loader reuses once the caller has let go of a batch (no CUDA, ``workers: 0``).
 
 Evaluation batches are uint8 ``(B, C, T, size, size)`` too, and also hold ``"view": list[int]`` (the view
 of the clip, ``v * S + s`` for temporal view v and spatial view s); ``"label"`` is the video-level label.
@@ -659,6 +660,11 @@ class ClipLoader:
 
     The k-th iteration reads epoch ``epoch + k``; the first one starts after ``start_batch`` batches
     (resume) and yields ``epoch_batches - start_batch``. See the module docstring for the pipeline.
+
+    Attributes:
+        augment_on: ``"cpu"`` or ``"device"`` (``LoaderConfig.augment_on`` resolved).
+        counts: ``{"skipped": undecodable samples replaced, "shard_errors": unreadable shards}`` seen in this
+            process (``workers: 0``); DataLoader workers count in their own copies and log every one.
     """
 
     def __init__(
