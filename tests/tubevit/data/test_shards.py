@@ -16,7 +16,7 @@ from pipelines.shard import read_tar_samples
 from pipelines.shard import run as shard
 from tests.tubevit.data.clips import decoded_indices, make_image_set, make_video_set, write_tar
 from tubevit.config.data import LoaderConfig, ShardConfig
-from tubevit.data.augment import augment_batch, augment_clip, to_model_input, unpack_params
+from tubevit.data.augment import CPU_AUTO_CHOICE, augment_batch, augment_clip, to_model_input, unpack_params
 from tubevit.data.shards import (
     JointBatches,
     NoSamplesError,
@@ -501,3 +501,13 @@ def test_batch_memory_is_reused_only_once_released():
     del view, b
     assert pool.take(1000).data_ptr() == ptr  # released: handed out again
     assert pool.take(64).numel() == 64  # another size replaces an idle buffer
+
+
+def test_augment_on_is_validated_and_auto_resolves_for_this_machine(root):
+    from tubevit.config.base import ConfigError
+
+    with pytest.raises(ConfigError, match=r"augment_on.*must be one of auto, cpu, device, got 'gpu'"):
+        LoaderConfig(augment_on="gpu")
+    loader = _loader(root, replace(PLAIN, augment_on="auto"))
+    assert loader.augment_on == ("device" if torch.cuda.is_available() else CPU_AUTO_CHOICE)
+    assert _loader(root, DEVICE).augment_on == "device" and _loader(root, AUG).augment_on == "cpu"
