@@ -37,6 +37,7 @@ from tubevit.evaluate import aggregate
 
 __all__ = [
     "MAX_ASPECT",
+    "MAX_PIXELS",
     "MAX_SECONDS",
     "DecodedVideo",
     "Prediction",
@@ -51,6 +52,8 @@ __all__ = [
 
 MAX_SECONDS = 600.0  # seconds of a file that are decoded (the rest is ignored; the result says so)
 MAX_ASPECT = 8.0  # long side / short side beyond which a file is refused (its frames would be huge)
+MAX_PIXELS = 8192 * 4352  # source frame area beyond which a file is refused (8K DCI is 8192x4320)
+_LOCAL = {"protocol_whitelist": "file"}  # ffmpeg opens local files only (no playlist fetching a URL)
 _PRESET, _CRF = "veryfast", 23  # the reencode stage's defaults
 
 
@@ -164,7 +167,7 @@ def _probe(path: Path) -> dict[str, Any]:
     if path.stat().st_size == 0:
         raise VideoError(path, "empty file (0 bytes)")
     try:
-        info = ffmpeg.probe(f"file:{path.resolve()}")
+        info = ffmpeg.probe(f"file:{path.resolve()}", **_LOCAL)
     except ffmpeg.Error as exc:
         lines = [ln for ln in exc.stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
         detail = lines[-1].split(": ", 1)[-1] if lines else "ffprobe failed"
@@ -216,7 +219,7 @@ def _transcode(
     import ffmpeg
 
     scale = f"scale='if(gte(iw,ih),-2,{side})':'if(gte(iw,ih),{side},-2)'"
-    stream = ffmpeg.input(f"file:{path.resolve()}", t=f"{max_seconds:g}")
+    stream = ffmpeg.input(f"file:{path.resolve()}", t=f"{max_seconds:g}", **_LOCAL)
     stream = stream[str(info["index"])]  # -map 0:<index>: the probed video stream, not cover art
     cmd = ffmpeg.output(
         stream,
@@ -294,8 +297,10 @@ def decode_video(
     long the file.
 
     Raises:
-        VideoError: the file is missing, empty, not a video ffmpeg reads, has no video stream, has an aspect
-            ratio over :data:`MAX_ASPECT`, or decodes to no frames; the message names the file.
+        VideoError: the file is missing, empty, not a video ffmpeg reads (or one that would make it open
+            anything but a local file, such as a playlist of URLs), has no video stream, has an aspect
+            ratio over :data:`MAX_ASPECT` or frames over :data:`MAX_PIXELS`, or decodes to no frames; the
+            message names the file.
     """
     import ffmpeg
 
@@ -310,6 +315,10 @@ def decode_video(
     if aspect > MAX_ASPECT:
         raise VideoError(
             path, f"frame size {info['width']}x{info['height']} is more than {MAX_ASPECT:g}:1; refused"
+        )
+    if info["width"] * info["height"] > MAX_PIXELS:
+        raise VideoError(
+            path, f"frame size {info['width']}x{info['height']} is over {MAX_PIXELS} pixels; refused"
         )
     with tempfile.TemporaryDirectory(prefix="tubevit-predict-") as tmp:
         mp4 = Path(tmp) / "clip.mp4"

@@ -226,3 +226,19 @@ def test_video_error_names_the_file(tmp_path):
         decode_video(tmp_path / "missing.mp4", FPS, SHORT, FRAMES, 1)
     with pytest.raises(VideoError, match="not a regular file"):
         decode_video(tmp_path, FPS, SHORT, FRAMES, 1)
+
+
+def test_untrusted_files_are_capped(tmp_path, monkeypatch):
+    playlist = tmp_path / "clip.mp4"  # an HLS playlist of URLs under a video name: never fetched
+    playlist.write_text(
+        "#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\nhttp://127.0.0.1:9/a.ts\n#EXT-X-ENDLIST\n"
+    )
+    with pytest.raises(VideoError, match=r"clip\.mp4: not a video ffmpeg can read"):
+        decode_video(playlist, FPS, SHORT, FRAMES, 1)
+    strip = tmp_path / "strip.mp4"
+    ffmpeg("-f", "lavfi", "-i", "color=c=red:s=320x16:d=1", "-pix_fmt", "yuv420p", str(strip))
+    with pytest.raises(VideoError, match=r"strip\.mp4: frame size 320x16 is more than 8:1; refused"):
+        decode_video(strip, FPS, SHORT, FRAMES, 1)
+    monkeypatch.setattr("tubevit.predict.MAX_PIXELS", 640 * 272 - 1)
+    with pytest.raises(VideoError, match=r"bikes\.mp4: frame size 640x272 is over 174079 pixels; refused"):
+        decode_video(BIKES, FPS, SHORT, FRAMES, 1)

@@ -41,6 +41,7 @@ def drop_null_keys(tubes: Any) -> Any:
         for spec in tubes
     ]
 
+
 VariantName = Literal["nano", "tiny", "small", "base", "large", "huge"]
 
 
