@@ -10,7 +10,8 @@ runs it and ``dvc exp run -S key=value`` still overrides single values on top.
 Where each recipe goes:
 - the recipe of a dataset that is mixed in ``pretrain.datasets`` (``kinetics``) sets the pretraining
   stage: ``model.variant``, ``model.tubes``, ``pretrain.optim``, ``steps``, ``label_smoothing``, ``mixup``,
-  ``accum_steps``, ``compile`` and every ``pretrain.loader.<ds>`` (image datasets get ``frames: 1``), plus
+  ``accum_steps``, ``compile``, ``precision``, ``grad_checkpointing`` and every ``pretrain.loader.<ds>``
+  (image datasets get ``frames: 1``; each gets the recipe's ``augment_on``), plus
   ``evaluate``'s views;
 - the recipe of a dataset under ``finetune`` (``charades``, ``ssv2``) sets ``finetune.<ds>`` the same way,
   with ``dropout`` and a ``tubes`` override when its tube set differs from the pretraining one;
@@ -96,7 +97,11 @@ class RecipeConfig:
     tubes: str  # tube set name (tubevit.model.tubes.get_tube_set)
     temporal_views: int  # evaluation views
     spatial_views: int
+    # How it runs (GPU recipes); None leaves the active value alone.
     compile: bool | None = None  # torch.compile the model
+    precision: Literal["auto", "bf16", "fp16", "fp32"] | None = None  # auto: bf16 on CUDA, fp32 on the CPU
+    grad_checkpointing: bool | None = None  # recompute the encoder blocks in backward (L/H at 64 frames)
+    augment_on: Literal["auto", "cpu", "device"] | None = None  # where crop/RandAugment run, every loader
 
     def __post_init__(self) -> None:
         for name in ("weight_decay", "lr", "mixup", "label_smoothing", "dropout", "clip_grad"):
@@ -191,8 +196,9 @@ def _stage_updates(
         f"{prefix}.label_smoothing": recipe.label_smoothing,
         f"{prefix}.mixup": recipe.mixup,
     }
-    if recipe.compile is not None:
-        out[f"{prefix}.compile"] = recipe.compile
+    for name in ("compile", "precision", "grad_checkpointing"):
+        if getattr(recipe, name) is not None:
+            out[f"{prefix}.{name}"] = getattr(recipe, name)
     loader_prefixes = {f"{prefix}.loader.{n}": img for n, img in loaders.items()} or {
         f"{prefix}.loader": False
     }
@@ -207,6 +213,8 @@ def _stage_updates(
             f"{lp}.randaugment_ops": recipe.randaugment_ops,
             f"{lp}.randaugment_magnitude": recipe.randaugment_magnitude,
         }
+        if recipe.augment_on is not None:
+            out[f"{lp}.augment_on"] = recipe.augment_on
     return out
 
 

@@ -15,7 +15,14 @@ import torch
 import yaml
 
 from pipelines.params import ConfigError, load_params, read_yaml
-from pipelines.profile import DEFAULT_RECIPES, RecipeError, apply_profile, load_recipes, split_batch
+from pipelines.profile import (
+    DEFAULT_RECIPES,
+    RecipeError,
+    apply_profile,
+    load_recipes,
+    profile_updates,
+    split_batch,
+)
 from tubevit.config.model import build_model
 from tubevit.data.shards import train_loader
 from tubevit.train.optim import build_optimizer, build_schedule
@@ -401,3 +408,36 @@ def test_every_profile_validates_and_builds_on_meta(tmp_path, profile, variant):
         assert ft_tubes == sum(t.numel() for t in model.tokenizer.parameters())
         check_training(ft_model, ft.optim, ft.steps)
         check_loader(name, ft.loader)
+
+
+def test_recipes_can_set_how_training_runs(tmp_path, params):
+    """precision, grad_checkpointing and augment_on (issue 8's GPU path) go to every training section and
+    every loader when a recipe sets them, and are left alone when it does not (None)."""
+
+    def gpu(d):
+        for variants in d["paper"].values():
+            for variant, recipe in variants.items():
+                recipe |= {"precision": "bf16", "augment_on": "device"}
+                recipe["grad_checkpointing"] = variant != "base"
+
+    book = load_recipes(_write_recipes(tmp_path, gpu))
+    large = profile_updates(params, book, "paper", "large", nproc=8, allow_synthetic=True)
+    for section in ("pretrain", "finetune.charades", "finetune.ssv2"):
+        assert (large[f"{section}.precision"], large[f"{section}.grad_checkpointing"]) == ("bf16", True)
+        assert large[f"{section}.compile"] is True
+    loaders = [key for key in large if key.endswith(".augment_on")]
+    assert sorted(loaders) == [
+        "finetune.charades.loader.augment_on",
+        "finetune.ssv2.loader.augment_on",
+        "pretrain.loader.imagenet.augment_on",
+        "pretrain.loader.kinetics.augment_on",
+    ]
+    assert {large[key] for key in loaders} == {"device"}
+    base = profile_updates(params, book, "paper", "base", nproc=8, allow_synthetic=True)
+    assert base["pretrain.grad_checkpointing"] is False
+
+    plain = profile_updates(params, load_recipes(), "paper", "large", nproc=8, allow_synthetic=True)
+    assert not [k for k in plain if k.endswith((".precision", ".grad_checkpointing", ".augment_on"))]
+    with pytest.raises(ConfigError) as info:
+        load_recipes(_write_recipes(tmp_path, lambda d: d["paper"]["ssv2"]["base"].update(precision="bf17")))
+    assert info.value.key == "paper.ssv2.base.precision" and "'bf16'" in info.value.reason
