@@ -66,7 +66,7 @@ from tubevit.train.optim import build_optimizer, build_schedule
 from tubevit.train.precision import autocast, input_dtype, resolve_precision
 from tubevit.train.prefetch import DevicePrefetcher
 
-__all__ = ["Callback", "NonFiniteLossError", "TrainResult", "seed_everything", "train"]
+__all__ = ["Callback", "NonFiniteLossError", "TrainResult", "check_uint8", "seed_everything", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,19 @@ def _take_step_batches(it: Iterator[Batch], accum_steps: int, step: int) -> list
     names = [b["dataset"] for b in out]
     if len(set(names)) != 1:
         raise ValueError(f"step {step}: the micro-batches of one optimiser step mix datasets {names}")
+    for b in out:
+        check_uint8(b, f"step {step}")
     return out
+
+
+def check_uint8(batch: Batch, where: str) -> None:
+    """Raise ``TypeError`` naming ``where`` and the dataset unless ``batch["video"]`` is uint8."""
+    video = batch["video"]
+    if video.dtype != torch.uint8:
+        raise TypeError(
+            f"{where}: batch 'video' of dataset {batch.get('dataset')!r} is {video.dtype}; the loaders yield "
+            "uint8 (B, C, T, H, W) levels, normalised on the device by the loop"
+        )
 
 
 def train(

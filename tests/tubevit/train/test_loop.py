@@ -184,6 +184,12 @@ def test_batch_contract_errors():
 
     with pytest.raises(RuntimeError, match="step 1: the batch iterator ended after 0 of 1 micro-batches"):
         train(fresh(), short, objectives(), OPTIM, 3)
+
+    def floats(start):
+        yield {**make_batch("kinetics", 0, 2), "video": torch.zeros(2, 3, 4, 4, 4)}
+
+    with pytest.raises(TypeError, match=r"step 0: batch 'video' of dataset 'kinetics' is torch.float32; the"):
+        train(fresh(), floats, objectives(), OPTIM, 1)
     with pytest.raises(ValueError, match="train: accum_steps must be >= 1, got 0"):
         train(fresh(), short, objectives(), OPTIM, 3, accum_steps=0)
     with pytest.raises(KeyError, match="step 0: no objective for dataset 'kinetics'; have \\['imagenet'\\]"):
