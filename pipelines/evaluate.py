@@ -32,7 +32,6 @@ import csv
 import io
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -41,15 +40,9 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from pipelines import training
-from pipelines.common import (
-    add_no_flow_flag,
-    publish_result,
-    run_name,
-    usage_examples,
-    write_json_atomic,
-    write_text_atomic,
-)
+from pipelines.common import add_no_flow_flag, publish_result, run_name, write_json_atomic, write_text_atomic
 from pipelines.params import Params, load_params_or_exit
+from tubevit.bundle import load_model
 from tubevit.config.data import LoaderConfig
 from tubevit.config.train import EvaluateConfig
 from tubevit.data.shards import check_complete, eval_loader
@@ -62,7 +55,6 @@ from tubevit.evaluate import (
     single_label_metrics,
     static_frames,
 )
-from tubevit.train import distributed
 
 __all__ = ["evaluate_flow", "main", "metrics_from_predictions", "run", "write_plots"]
 
@@ -169,12 +161,15 @@ def run(
         KeyError: the model has no head for ``name``.
         ValueError: the evaluated clips do not match ``index.json`` (count or duplicates).
     """
-    t_start = time.perf_counter()
+    # params
     ecfg: EvaluateConfig = params.evaluate
     dcfg = params.dataset(name)
-    info = distributed.init_distributed("auto")
+    stage = training.Stage(f"evaluate-{name}", "auto", None, log)
+    info = stage.info
+
+    # model (its head's input shape sets the clips)
     meta = training.dataset_meta(shards, name, split, dcfg)
-    bundle = training.load_model(model_dir)
+    bundle = load_model(model_dir)
     if name not in bundle.heads:
         raise KeyError(f"{model_dir}: the model has no head for {name!r} (heads: {', '.join(bundle.heads)})")
     if bundle.heads[name] != meta.num_classes:
@@ -194,6 +189,7 @@ def run(
     )
     views = lcfg.temporal_views * lcfg.spatial_views
 
+    # data
     def loader():
         return eval_loader(
             meta.urls,
@@ -205,6 +201,7 @@ def run(
             world_size=info.world_size,
         )
 
+    # evaluate
     preds = predict(model, loader(), name, device=info.device)
     check_complete(preds.keys, meta.index)
     if preds.logits.shape[1] != views:
@@ -230,20 +227,16 @@ def run(
             "chance": _chance(preds, meta.multilabel, meta.num_classes),
         }
     )
+    # save
     if info.is_main:
         write_json_atomic(metrics, out)
         if plots is not None:
             write_plots(plots, preds, result, meta.classes, meta.multilabel)
-        training.write_timing(
-            timing,
-            f"evaluate-{name}",
-            {
-                "stage_seconds": round(time.perf_counter() - t_start, 3),
-                "clips": len(preds.keys),
-                "views": views,
-            },
-        )
-        log.info("evaluate %s: %s", name, json.dumps(out, sort_keys=True))
+
+    # report
+    stage.report(
+        timing, {"clips": len(preds.keys), "views": views}, f"metrics {json.dumps(out, sort_keys=True)}"
+    )
     return out
 
 
@@ -259,13 +252,7 @@ def evaluate_flow(params: Params, name: str, paths: dict[str, Path | None]) -> d
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipelines.evaluate",
-        description=__doc__.split("\n")[0],
-        epilog=usage_examples("evaluate"),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("dataset", help="the dataset to evaluate (its val split)")
+    parser = training.stage_parser("pipelines.evaluate", __doc__, "the dataset to evaluate (its val split)")
     parser.add_argument(
         "--model", type=Path, required=True, help="model folder (models/pretrain or models/<ds>)"
     )
@@ -277,7 +264,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--timing", type=Path, default=None, help="timing JSON (metrics/timing/evaluate-<ds>.json)"
     )
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="the params file")
     add_no_flow_flag(parser)
     return parser
 

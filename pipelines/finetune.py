@@ -22,30 +22,25 @@ read (``finetune.<ds>.init: scratch`` builds the same architecture without loadi
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from prefect import flow, task
-from prefect.cache_policies import NO_CACHE
 
 from pipelines import training
-from pipelines.common import add_no_flow_flag, publish_result, run_name, sha256_file, usage_examples
+from pipelines.common import sha256_file
 from pipelines.params import Params, load_params_or_exit
-from pipelines.pretrain import make_batches, make_validation
+from tubevit.bundle import ModelBundle, load_model, weights_file
 from tubevit.config.base import to_dict
 from tubevit.config.model import build_model
 from tubevit.config.train import FinetuneConfig
+from tubevit.model.convert import apply_scaling_record, scaling_record
 from tubevit.model.tubes import parse_tubes, token_counts
 from tubevit.model.tubevit import TubeViT
-from tubevit.train import distributed
-from tubevit.train.checkpoint import config_hash, latest_checkpoint
+from tubevit.train.checkpoint import config_hash
 from tubevit.train.loop import Callback
 from tubevit.train.losses import build_objective
 
@@ -99,12 +94,15 @@ def switch_tubes(model: TubeViT, tubes: str, frames: int, size: int) -> dict[str
     return {"parameters": after_params, "tokens": after_tokens}
 
 
-def prepare_model(bundle: training.ModelBundle, name: str, num_classes: int, fcfg: FinetuneConfig) -> TubeViT:
+def prepare_model(bundle: ModelBundle, name: str, num_classes: int, fcfg: FinetuneConfig) -> TubeViT:
     """The fine-tuning model: pretrained weights (or the same architecture from scratch with
     ``init: scratch``), every pretrained head dropped, a new head ``name`` with ``num_classes`` outputs,
     head dropout ``fcfg.dropout``, and the tubes switched when ``fcfg.tubes`` is set."""
     torch.manual_seed(fcfg.seed)
     model = build_model(bundle.config, {name: num_classes}, head_dropout=fcfg.dropout)
+    scaling = scaling_record(bundle.model)
+    if scaling is not None:  # an image-to-video scaled model: its gate (and linear width map) too
+        apply_scaling_record(model, scaling)
     if fcfg.init == "pretrain":
         state = {k: v for k, v in bundle.model.state_dict().items() if not k.startswith("heads.")}
         missing, unexpected = model.load_state_dict(state, strict=False)
@@ -142,163 +140,81 @@ def run(
         KeyError: no ``finetune.<name>`` section.
         NonFiniteLossError: a step's loss is NaN or infinite (the message names the step).
     """
-    t_start = time.perf_counter()
+    # params
     if name not in params.finetune:
         raise KeyError(f"finetune.{name}: not in params (fine-tuned datasets: {sorted(params.finetune)})")
     fcfg = params.finetune[name]
-    dcfg = params.dataset(name)
-    info = distributed.init_distributed(fcfg.device)
-    training.configure_threads(info.device, fcfg.loader.workers, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    meta = training.dataset_meta(shards, name, "train", dcfg)
-    bundle = training.load_model(pretrained)
-    model = prepare_model(bundle, name, meta.num_classes, fcfg)
-    n_params = sum(p.numel() for p in model.parameters())
-    weights_sha = sha256_file(Path(pretrained) / training.MODEL_FILE)
-    fcfg_hashed = training.hashable_config(fcfg)
-    chash = config_hash(fcfg_hashed, to_dict(bundle.config), weights_sha, training.data_fingerprint([meta]))
-
-    resuming = False
-    if checkpoints is not None:
-        if info.is_main:
-            training.set_aside_mismatched_checkpoint(checkpoints, chash)
-        distributed.barrier()
-        resuming = latest_checkpoint(checkpoints) is not None
-
     lcfg = fcfg.loader
-    calls: list[Callback] = []
-    timer = training.Timer()
-    stage = f"finetune-{name}"
-    if info.is_main:
-        shape = (lcfg.batch_size, 3, lcfg.frames, lcfg.size, lcfg.size)
-        estimate = training.estimate_seconds(
-            model, {name: shape}, {name: 1.0}, fcfg.steps, fcfg.accum_steps, info.device
-        )
-        log.info(
-            "%s: estimated time for %d steps: %s (compute only, measured on one micro-batch)",
-            stage,
-            fcfg.steps,
-            training.format_seconds(estimate),
-        )
-        calls = [timer, training.EtaLogger(stage)]
-        if progress:
-            calls.append(training.ProgressBar(stage))
-        if live is not None:
-            calls.append(training.LiveLogger(live, resume=resuming))
-        calls.extend(callbacks)
+    dcfg = params.dataset(name)
+    stage = training.Stage(f"finetune-{name}", fcfg.device, lcfg.workers, log)
 
-    objective = build_objective(
-        meta.num_classes, multilabel=meta.multilabel, label_smoothing=fcfg.label_smoothing, mixup=fcfg.mixup
-    )
-    batches = make_batches(
-        {name: meta},
-        {name: lcfg},
-        {name: 1.0},
-        seed=fcfg.seed,
-        accum_steps=fcfg.accum_steps,
-        rank=info.rank,
-        world_size=info.world_size,
-    )
+    # data
+    meta = training.dataset_meta(shards, name, "train", dcfg)
+    batches = stage.batches(fcfg, {name: meta}, {name: lcfg}, {name: 1.0})
     evaluate = None
     if fcfg.eval_every > 0:
         val = training.dataset_meta(shards, name, "val", dcfg)
-        evaluate = make_validation({name: val}, {name: lcfg}, info.device, params.evaluate.batch_size)
-    result = training.train_section(
+        evaluate = training.make_validation(
+            {name: val}, {name: lcfg}, stage.device, params.evaluate.batch_size
+        )
+
+    # model: the pretrained bundle with a new head
+    bundle = load_model(pretrained)
+    model = prepare_model(bundle, name, meta.num_classes, fcfg)
+    weights_sha = sha256_file(weights_file(pretrained))
+    chash = config_hash(
+        training.hashable_config(fcfg), to_dict(bundle.config), weights_sha, training.data_fingerprint([meta])
+    )
+
+    # train
+    objective = build_objective(
+        meta.num_classes, multilabel=meta.multilabel, label_smoothing=fcfg.label_smoothing, mixup=fcfg.mixup
+    )
+    io = training.RunOutputs(out, checkpoints, live, timing, callbacks, progress)
+    result = stage.train(
         fcfg,
         model,
         batches,
         {name: objective},
-        device=info.device,
-        checkpoints=checkpoints,
+        io,
+        shapes={name: (lcfg.batch_size, 3, lcfg.frames, lcfg.size, lcfg.size)},
+        weights={name: 1.0},
         chash=chash,
         evaluate=evaluate,
-        callbacks=calls,
     )
-    summary: dict[str, Any] = {
-        "steps": result.step,
-        "start_step": result.start_step,
-        "final_loss": result.metrics.get("loss"),
-        "parameters": n_params,
-        "heads": {name: meta.num_classes},
+
+    # save
+    extra = {
+        "stage": stage.name,
+        "steps": fcfg.steps,
+        "init": fcfg.init,
+        "pretrained_sha256": weights_sha,
+        "tubes_name": fcfg.tubes,
     }
-    if info.is_main:
-        model.cpu()
-        training.save_model(
-            out,
-            training.ModelBundle(
-                model=model,
-                config=bundle.config,
-                heads={name: meta.num_classes},
-                classes={name: meta.classes},
-                inputs={name: {"frames": lcfg.frames, "size": lcfg.size}},
-                multilabel={name: meta.multilabel},
-                extra={
-                    "stage": stage,
-                    "steps": fcfg.steps,
-                    "init": fcfg.init,
-                    "pretrained_sha256": weights_sha,
-                    "tubes_name": fcfg.tubes,
-                },
-            ),
-        )
-        summary.update(timer.summary())
-        summary["stage_seconds"] = round(time.perf_counter() - t_start, 3)
-        summary.update({"device": str(info.device), "nproc": info.world_size})
-        training.write_timing(timing, stage, summary)
-        log.info("%s: wrote %s; %s", stage, out, json.dumps(summary, sort_keys=True))
-    distributed.barrier()
-    return summary
+    inputs = {name: {"frames": lcfg.frames, "size": lcfg.size}}
+    summary = stage.save(io, result, model, bundle.config, {name: meta}, inputs, extra)
+
+    # report
+    return stage.report(timing, summary, f"wrote {out}")
 
 
-@task(name="finetune-train", cache_policy=NO_CACHE)
-def _train_task(params: Params, name: str, paths: dict[str, Path | None]) -> dict[str, Any]:
-    return run(params, name, **paths)
+def _run_from_args(params: Params, name: str, paths: dict[str, Any], progress: bool = True) -> dict[str, Any]:
+    return run(params, name, **paths, progress=progress)
 
 
-@task(name="finetune-torchrun", cache_policy=NO_CACHE)
-def _torchrun_task(argv: list[str], nproc: int) -> int:
-    return training.run_torchrun("pipelines.finetune", argv, nproc)
-
-
-@flow(name="finetune", flow_run_name=run_name("finetune"), retries=1, validate_parameters=False)
-def finetune_flow(
-    params: Params, name: str, paths: dict[str, Path | None], argv: list[str]
-) -> dict[str, Any] | int:
-    """The finetune stage as a Prefect flow: one task that trains in-process (``nproc == 1``) or launches
-    ONE torchrun subprocess (``nproc > 1``)."""
-    nproc = params.finetune[name].nproc
-    if nproc > 1:
-        rc = _torchrun_task(argv, nproc)
-        if rc != 0:
-            raise RuntimeError(f"finetune {name}: torchrun exited with status {rc}")
-        return rc
-    return publish_result("finetune", name, _train_task(params, name, paths))
+finetune_flow = training.training_flow("finetune", "pipelines.finetune", _run_from_args, "dataset")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipelines.finetune",
-        description=__doc__.split("\n")[0],
-        epilog=usage_examples("finetune"),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = training.stage_parser(
+        "pipelines.finetune", __doc__, "the dataset to fine-tune on (a key of finetune: in params)"
     )
-    parser.add_argument("dataset", help="the dataset to fine-tune on (a key of finetune: in params)")
     parser.add_argument(
         "--pretrained", type=Path, required=True, help="pretrained model folder (models/pretrain)"
     )
-    parser.add_argument(
-        "--shards", type=str, required=True, help="shards/<ds>, or a URL such as s3://bucket/shards/<ds>"
+    training.add_training_arguments(
+        parser, "shards/<ds>, or a URL such as s3://bucket/shards/<ds>", "<ds>", "finetune-<ds>"
     )
-    parser.add_argument("--out", type=Path, required=True, help="model folder (models/<ds>)")
-    parser.add_argument(
-        "--checkpoints", type=Path, required=True, help="checkpoint folder (checkpoints/<ds>)"
-    )
-    parser.add_argument("--live", type=Path, default=None, help="dvclive folder (dvclive/finetune-<ds>)")
-    parser.add_argument(
-        "--timing", type=Path, default=None, help="timing JSON (metrics/timing/finetune-<ds>.json)"
-    )
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="the params file")
-    add_no_flow_flag(parser)
-    parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     return parser
 
 
@@ -314,23 +230,16 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    paths = {
-        "pretrained": args.pretrained,
-        "shards": args.shards,
-        "out": args.out,
-        "checkpoints": args.checkpoints,
-        "live": args.live,
-        "timing": args.timing,
-    }
+    paths = {"pretrained": args.pretrained, **training.training_paths(args)}
     nproc = params.finetune[args.dataset].nproc
-    if training.under_torchrun() or args.no_flow:
-        if nproc > 1 and not training.under_torchrun():
-            return training.run_torchrun("pipelines.finetune", argv, nproc)
-        run(params, args.dataset, **paths, progress=not args.no_progress)
-        distributed.cleanup()
-        return 0
-    finetune_flow(params, args.dataset, paths, argv)
-    return 0
+    return training.launch(
+        "pipelines.finetune",
+        argv,
+        nproc,
+        args.no_flow,
+        run=lambda: _run_from_args(params, args.dataset, paths, progress=not args.no_progress),
+        flow=lambda: finetune_flow(nproc, argv, args.dataset, (params, args.dataset, paths), {}),
+    )
 
 
 if __name__ == "__main__":

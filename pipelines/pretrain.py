@@ -15,6 +15,10 @@ dataset's ``train`` split come from ``<shards>/<ds>/train/``.
 - Outputs: ``<out>/model.pt`` (bare state dict, ``torch.load(..., weights_only=True)``) and
   ``<out>/config.json`` (model config with the tube specs, heads with class counts, class names, input
   shapes); dvclive logs in ``--live`` (rank 0); throughput and wall time in ``--timing``.
+- ``pretrain.init_from`` starts the model from image-ViT weights (timm or torchvision layout) or a TubeViT
+  (weights file or model folder); with ``scale_from_layer`` s > 0 the model is scaled from the
+  ``tubes_from`` model folder (paper §3.6: tubes copied, tokenizer and blocks before ``freeze_before``
+  frozen, the gate into block s); see :func:`pipelines.training.pretrain_model`.
 - ``pretrain.nproc > 1``: the stage re-executes itself as one ``torchrun`` subprocess (DDP); the ranks
   run :func:`run` without Prefect.
 """
@@ -23,41 +27,24 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
-import os
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-from prefect import flow, task
-from prefect.cache_policies import NO_CACHE
-
 from pipelines import training
-from pipelines.common import add_no_flow_flag, publish_result, run_name, usage_examples
 from pipelines.params import Params, load_params_or_exit
-from tubevit.config.data import LoaderConfig
-from tubevit.config.model import build_model
-from tubevit.data.shards import JointBatches, eval_loader, step_counts, train_loader
-from tubevit.evaluate import aggregate, multilabel_metrics, predict, topk_accuracy
-from tubevit.train import distributed
-from tubevit.train.checkpoint import config_hash, latest_checkpoint
+from tubevit.train.checkpoint import config_hash
 from tubevit.train.loop import Callback
 from tubevit.train.losses import build_objective
+from tubevit.viz import draw_tubes
 
-__all__ = ["main", "make_batches", "pretrain_flow", "run", "run_config_hash"]
+__all__ = ["main", "pretrain_flow", "run", "run_config_hash"]
 
 log = logging.getLogger(__name__)
 
 STAGE = "pretrain"
-
-
-def _join(base: str | Path, name: str) -> str:
-    """``base/name`` as text: a URL such as ``s3://bucket/shards`` keeps its ``//`` (pathlib folds it)."""
-    return f"{str(base).rstrip('/')}/{name}"
 
 
 def run_config_hash(params: Params, fingerprints: dict[str, str]) -> str:
@@ -72,87 +59,6 @@ def run_config_hash(params: Params, fingerprints: dict[str, str]) -> str:
     return config_hash(params.model, pcfg, classes, fingerprints)
 
 
-def epoch_batches(meta: training.DatasetMeta, lcfg: LoaderConfig, world_size: int) -> int:
-    """Batches per rank in one pass over the split: ``total // (batch_size * world_size)``, at least 1."""
-    return max(1, meta.total // (lcfg.batch_size * world_size))
-
-
-def make_batches(
-    metas: dict[str, training.DatasetMeta],
-    loaders: dict[str, LoaderConfig],
-    weights: dict[str, float],
-    *,
-    seed: int,
-    accum_steps: int,
-    rank: int,
-    world_size: int,
-):
-    """The loop's batch factory: ``batches(start_step)`` -> the joint micro-batches from ``start_step`` on.
-
-    A pure function of ``start_step``: each dataset's loader starts at the batch position that the steps
-    before ``start_step`` consumed (``step_counts`` x ``accum_steps``), in the epoch it falls in.
-    """
-
-    def batches(start_step: int) -> JointBatches:
-        counts = step_counts(weights, seed, start_step)
-        per_dataset = {}
-        for name, meta in metas.items():
-            lcfg = loaders[name]
-            per_epoch = epoch_batches(meta, lcfg, world_size)
-            consumed = counts[name] * accum_steps
-            per_dataset[name] = train_loader(
-                meta.urls,
-                lcfg,
-                dataset=name,
-                num_classes=meta.num_classes,
-                multilabel=meta.multilabel,
-                seed=seed,
-                epoch_batches=per_epoch,
-                rank=rank,
-                world_size=world_size,
-                epoch=consumed // per_epoch,
-                start_batch=consumed % per_epoch,
-            )
-        return JointBatches(per_dataset, weights, seed, start_step=start_step, batches_per_step=accum_steps)
-
-    return batches
-
-
-def make_validation(
-    metas: dict[str, training.DatasetMeta],
-    loaders: dict[str, LoaderConfig],
-    device: torch.device,
-    batch_size: int,
-):
-    """``evaluate(model, step)`` for in-training evaluation (``eval_every > 0``): one centred view per
-    validation clip; ``<ds>/top1`` (single-label) or ``<ds>/mAP`` (multi-label)."""
-
-    def evaluate(model, step: int) -> dict[str, float]:
-        out = {}
-        for name, meta in metas.items():
-            lcfg = LoaderConfig(
-                frames=loaders[name].frames, size=loaders[name].size, batch_size=batch_size, randaugment=False
-            )
-            loader = eval_loader(
-                meta.urls,
-                lcfg,
-                dataset=name,
-                num_classes=meta.num_classes,
-                multilabel=meta.multilabel,
-                rank=distributed.rank(),
-                world_size=distributed.world_size(),
-            )
-            preds = predict(model, loader, name, device=device)
-            scores = aggregate(preds.logits, meta.multilabel)
-            if meta.multilabel:
-                out[f"{name}/mAP"] = multilabel_metrics(scores, preds.labels)["mAP"]
-            else:
-                out[f"{name}/top1"] = topk_accuracy(scores, preds.labels, (1,))[1]
-        return out
-
-    return evaluate
-
-
 def run(
     params: Params,
     shards: str | Path,
@@ -163,6 +69,8 @@ def run(
     *,
     callbacks: Sequence[Callback] = (),
     progress: bool = True,
+    tubes_plot: Path | None = None,
+    weights_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Pretrain ``params.model`` on ``params.pretrain.datasets`` and write the model bundle to ``out``.
 
@@ -173,83 +81,57 @@ def run(
         checkpoints: the checkpoint folder (resumed from when it holds a checkpoint of the same config).
         live: dvclive folder (rank 0); ``None``: no dvclive logging.
         timing: the timing JSON to write (rank 0); ``None``: none.
-        callbacks: extra loop callbacks (rank 0).
+        callbacks: extra loop callbacks (rank 0); a :class:`training.ModelCallback` also sees the model
+            right before the first step.
         progress: show the tqdm bar.
+        tubes_plot: a PNG (rank 0) of where the trained model's tubes sample the first video dataset's
+            training clip (:func:`tubevit.viz.draw_tubes`; the active tubes, skipped ones in the legend);
+            ``None``: none.
+        weights_dir: the folder dvc.yaml declares as the stage's weights dependency; ``init_from`` and
+            ``tubes_from`` must lie in it (``None``: not checked).
 
     Returns the summary (steps, final loss, seconds, clips/s), also what the timing file holds.
 
     Raises:
         NonFiniteLossError: a step's loss is NaN or infinite (the message names the step).
     """
-    t_start = time.perf_counter()
+    # params
     pcfg = params.pretrain
-    info = distributed.init_distributed(pcfg.device)
     weights = dict(pcfg.datasets)
-    training.configure_threads(
-        info.device,
-        max(pcfg.loader[name].workers for name in weights),
-        int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
-    )
+    training.check_start_weights(pcfg, weights_dir)
+    stage = training.Stage(STAGE, pcfg.device, max(pcfg.loader[name].workers for name in weights), log)
+
+    # data: each mixed dataset's train split (and val, when present, for in-training evaluation)
     metas = {
-        name: training.dataset_meta(_join(shards, name), name, "train", params.dataset(name))
+        name: training.dataset_meta(training.join_url(shards, name), name, "train", params.dataset(name))
         for name in weights
     }
     metas_val = {}
     for name in weights:
         with contextlib.suppress(FileNotFoundError):
-            metas_val[name] = training.dataset_meta(_join(shards, name), name, "val", params.dataset(name))
-    heads = {name: meta.num_classes for name, meta in metas.items()}
+            metas_val[name] = training.dataset_meta(
+                training.join_url(shards, name), name, "val", params.dataset(name)
+            )
     chash = run_config_hash(params, training.data_fingerprint(list(metas.values())))
+    batches = stage.batches(pcfg, metas, pcfg.loader, weights)
+    evaluate = None
+    if pcfg.eval_every > 0 and metas_val:
+        evaluate = training.make_validation(metas_val, pcfg.loader, stage.device, params.evaluate.batch_size)
 
-    # model: seeded, the same on every rank
-    torch.manual_seed(pcfg.seed)
-    model = build_model(params.model, heads)
-    n_params = sum(p.numel() for p in model.parameters())
+    # model: seeded, the same on every rank (init_from / image-to-video scaling when set)
+    heads = {name: meta.num_classes for name, meta in metas.items()}
+    model = training.pretrain_model(params.model, pcfg, heads)
     log.info(
-        "pretrain: %s with tubes %s, %d parameters, heads %s, %d steps",
+        "pretrain: %s with tubes %s, %d parameters (%d trainable), heads %s, %d steps",
         params.model.variant,
         params.model.tubes if isinstance(params.model.tubes, str) else "custom",
-        n_params,
+        sum(p.numel() for p in model.parameters()),
+        sum(p.numel() for p in model.parameters() if p.requires_grad),
         heads,
         pcfg.steps,
     )
 
-    # resume only from a checkpoint of this config
-    resuming = False
-    if checkpoints is not None:
-        if info.is_main:
-            training.set_aside_mismatched_checkpoint(checkpoints, chash)
-        distributed.barrier()
-        resuming = latest_checkpoint(checkpoints) is not None
-
-    calls: list[Callback] = []
-    timer = training.Timer()
-    if info.is_main:
-        shapes = {
-            name: (
-                pcfg.loader[name].batch_size,
-                3,
-                pcfg.loader[name].frames,
-                pcfg.loader[name].size,
-                pcfg.loader[name].size,
-            )
-            for name in weights
-        }
-        estimate = training.estimate_seconds(
-            model, shapes, weights, pcfg.steps, pcfg.accum_steps, info.device
-        )
-        log.info(
-            "pretrain: estimated time for %d steps: %s (compute only, measured on one micro-batch)",
-            pcfg.steps,
-            training.format_seconds(estimate),
-        )
-        calls = [timer, training.EtaLogger(STAGE)]
-        if progress:
-            calls.append(training.ProgressBar(STAGE))
-        if live is not None:
-            calls.append(training.LiveLogger(live, resume=resuming))
-        calls.extend(callbacks)
-
+    # train
     objectives = {
         name: build_objective(
             meta.num_classes,
@@ -259,109 +141,56 @@ def run(
         )
         for name, meta in metas.items()
     }
-    batches = make_batches(
-        metas,
-        dict(pcfg.loader),
-        weights,
-        seed=pcfg.seed,
-        accum_steps=pcfg.accum_steps,
-        rank=info.rank,
-        world_size=info.world_size,
-    )
-    evaluate = None
-    if pcfg.eval_every > 0 and metas_val:
-        evaluate = make_validation(metas_val, dict(pcfg.loader), info.device, params.evaluate.batch_size)
-    result = training.train_section(
+    inputs = {name: {"frames": pcfg.loader[name].frames, "size": pcfg.loader[name].size} for name in weights}
+    io = training.RunOutputs(out, checkpoints, live, timing, callbacks, progress)
+    result = stage.train(
         pcfg,
         model,
         batches,
         objectives,
-        device=info.device,
-        checkpoints=checkpoints,
+        io,
+        shapes={
+            n: (pcfg.loader[n].batch_size, 3, s["frames"], s["size"], s["size"]) for n, s in inputs.items()
+        },
+        weights=weights,
         chash=chash,
         evaluate=evaluate,
-        callbacks=calls,
     )
 
-    summary: dict[str, Any] = {
-        "steps": result.step,
-        "start_step": result.start_step,
-        "final_loss": result.metrics.get("loss"),
-        "parameters": n_params,
-        "heads": heads,
-    }
-    if info.is_main:
-        model.cpu()
-        training.save_model(
-            out,
-            training.ModelBundle(
-                model=model,
-                config=params.model,
-                heads=heads,
-                classes={name: meta.classes for name, meta in metas.items()},
-                inputs={
-                    name: {"frames": pcfg.loader[name].frames, "size": pcfg.loader[name].size}
-                    for name in weights
-                },
-                multilabel={name: meta.multilabel for name, meta in metas.items()},
-                extra={"stage": STAGE, "steps": pcfg.steps, "datasets": weights},
-            ),
-        )
-        summary.update(timer.summary())
-        summary["stage_seconds"] = round(time.perf_counter() - t_start, 3)
-        summary.update({"device": str(info.device), "nproc": info.world_size})
-        training.write_timing(timing, STAGE, summary)
-        log.info("pretrain: wrote %s; %s", out, json.dumps(summary, sort_keys=True))
-    distributed.barrier()
-    return summary
+    # save
+    extra = {"stage": STAGE, "steps": pcfg.steps, "datasets": weights}
+    summary = stage.save(io, result, model, params.model, metas, inputs, extra)
+
+    # report
+    if tubes_plot is not None and stage.is_main:
+        video = [n for n in weights if inputs[n]["frames"] > 1] or list(weights)
+        shape = inputs[video[0]]
+        title = f"{params.model.variant}: {video[0]} clip"
+        draw_tubes(model.tubes, shape["frames"], shape["size"], tubes_plot, title)
+    return stage.report(timing, summary, f"wrote {out}")
 
 
-@task(name="pretrain-train", cache_policy=NO_CACHE)
-def _train_task(params: Params, paths: dict[str, Path | None]) -> dict[str, Any]:
-    return run(params, **paths)
+def _run_from_args(params: Params, paths: dict[str, Any], **options: Any) -> dict[str, Any]:
+    return run(params, **paths, **options)
 
 
-@task(name="pretrain-torchrun", cache_policy=NO_CACHE)
-def _torchrun_task(argv: list[str], nproc: int) -> int:
-    return training.run_torchrun("pipelines.pretrain", argv, nproc)
-
-
-@flow(name="pretrain", flow_run_name=run_name("pretrain", None), retries=1, validate_parameters=False)
-def pretrain_flow(params: Params, paths: dict[str, Path | None], argv: list[str]) -> dict[str, Any] | int:
-    """The pretrain stage as a Prefect flow: one task that trains in-process (``nproc == 1``) or launches
-    ONE torchrun subprocess (``nproc > 1``)."""
-    if params.pretrain.nproc > 1:
-        rc = _torchrun_task(argv, params.pretrain.nproc)
-        if rc != 0:
-            raise RuntimeError(f"pretrain: torchrun exited with status {rc}")
-        return rc
-    return publish_result("pretrain", None, _train_task(params, paths))
+pretrain_flow = training.training_flow(STAGE, "pipelines.pretrain", _run_from_args, dataset_param=None)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipelines.pretrain",
-        description=__doc__.split("\n")[0],
-        epilog=usage_examples("pretrain"),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = training.stage_parser("pipelines.pretrain", __doc__)
+    training.add_training_arguments(
+        parser, "folder or URL of <ds>/train/index.json (shards/, s3://bucket/shards)", STAGE, STAGE
     )
     parser.add_argument(
-        "--shards",
-        type=str,
-        required=True,
-        help="folder or URL of <ds>/train/index.json (shards/, s3://bucket/shards)",
+        "--tubes-plot", type=Path, default=None, help="PNG of the model's tubes on a clip (plots/tubes.png)"
     )
-    parser.add_argument("--out", type=Path, required=True, help="model folder (models/pretrain)")
     parser.add_argument(
-        "--checkpoints", type=Path, required=True, help="checkpoint folder (checkpoints/pretrain)"
+        "--weights",
+        type=Path,
+        default=None,
+        help="folder holding pretrain.init_from / tubes_from, a dependency in dvc.yaml (weights)",
     )
-    parser.add_argument("--live", type=Path, default=None, help="dvclive folder (dvclive/pretrain)")
-    parser.add_argument(
-        "--timing", type=Path, default=None, help="timing JSON (metrics/timing/pretrain.json)"
-    )
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="the params file")
-    add_no_flow_flag(parser)
-    parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     return parser
 
 
@@ -370,21 +199,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     training.setup_logging()
     params = load_params_or_exit(args.params)
-    paths = {
-        "shards": args.shards,
-        "out": args.out,
-        "checkpoints": args.checkpoints,
-        "live": args.live,
-        "timing": args.timing,
-    }
-    if training.under_torchrun() or args.no_flow:
-        if params.pretrain.nproc > 1 and not training.under_torchrun():
-            return training.run_torchrun("pipelines.pretrain", argv, params.pretrain.nproc)
-        run(params, **paths, progress=not args.no_progress)
-        distributed.cleanup()
-        return 0
-    pretrain_flow(params, paths, argv)
-    return 0
+    paths = training.training_paths(args)
+    options = {"tubes_plot": args.tubes_plot, "weights_dir": args.weights}
+    return training.launch(
+        "pipelines.pretrain",
+        argv,
+        params.pretrain.nproc,
+        args.no_flow,
+        run=lambda: _run_from_args(params, paths, progress=not args.no_progress, **options),
+        flow=lambda: pretrain_flow(params.pretrain.nproc, argv, None, (params, paths), options),
+    )
 
 
 if __name__ == "__main__":

@@ -1,24 +1,32 @@
-"""Glue shared by the training stages (pretrain, finetune, evaluate): no training logic lives here.
+"""The one module the training stages (pretrain, finetune, evaluate) share; no stage imports another.
 
-- Callbacks attached to :func:`tubevit.train.loop.train` on rank 0: :class:`ProgressBar` (tqdm: steps,
-  loss, clips/s), :class:`LiveLogger` (dvclive: per-step ``train/loss``, ``train/lr``,
-  ``train/clips_per_s``, evaluation metrics and a summary), :class:`EtaLogger` (the loop's time estimate)
-  and :class:`Timer` (wall time and throughput for the stage's timing file).
-- :func:`open_live`: ``Live(dir, dvcyaml=None, save_dvc_exp=False, resume=...)``. dvclive's defaults
-  rewrite the root ``dvc.yaml``, create a git experiment outside ``dvc exp run`` and delete earlier logs
-  (DESIGN "Training"); these arguments switch all three off.
-- :func:`estimate_seconds`: the time of the configured steps, measured on one stand-in micro-batch per
-  dataset before training starts (logged as "estimated time").
-- Model bundles: :class:`ModelBundle`, :func:`save_model` / :func:`load_model` live in
-  :mod:`tubevit.bundle` and are re-exported here under the same names.
-- Launch: :func:`under_torchrun` and :func:`torchrun_command`. A stage with ``nproc > 1`` re-executes
-  itself as ONE ``torchrun --standalone --nproc_per_node N -m pipelines.<stage> ... --no-flow``
-  subprocess; the ranks run the plain ``run()`` and never call Prefect.
-- :func:`dataset_meta`: class names, class count and sample count of a shard split (``index.json``).
+Each stage's ``run()`` reads top to bottom: params -> data -> model -> train -> save -> report, and takes
+every shared piece from here:
+- Process: :class:`Stage` joins torchrun (rank, device), sets the CPU threads, times the stage, and ends it
+  with :meth:`Stage.report` (the timing file and the log line). :func:`configure_threads`,
+  :func:`setup_logging`.
+- Data: :func:`join_url`, :func:`dataset_meta` (a shard split's ``index.json``), :func:`data_fingerprint`,
+  :func:`make_batches` (the loop's batch factory: joint, resumable) and :func:`make_validation`
+  (in-training evaluation).
+- Model: :func:`pretrain_model` (seeded; ``init_from`` image-ViT or TubeViT weights, image-to-video
+  scaling from ``tubes_from``, paper §3.6). Model bundles: :class:`ModelBundle`, :func:`save_model` /
+  :func:`load_model` live in :mod:`tubevit.bundle` and are re-exported here under the same names.
+- Train: :meth:`Stage.train` sets a mismatched checkpoint aside, attaches the callbacks on rank 0
+  (:class:`ProgressBar` (tqdm), :class:`LiveLogger` (dvclive), :class:`EtaLogger`, :class:`Timer`, the
+  stage's own) after logging :func:`estimate_seconds`, and runs :func:`tubevit.train.loop.train` with the
+  section's settings (:func:`train_section`). :func:`open_live`: ``Live(dir, dvcyaml=None,
+  save_dvc_exp=False, resume=...)``: dvclive's defaults rewrite the root ``dvc.yaml``, create a git
+  experiment outside ``dvc exp run`` and delete earlier logs (DESIGN "Training").
+- Launch: :func:`training_flow` (the Prefect flow of a training stage: one task that trains in-process, or
+  ONE ``torchrun --standalone --nproc_per_node N -m pipelines.<stage> ... --no-flow`` subprocess when
+  ``nproc > 1``; the ranks run the plain ``run()`` and never call Prefect) and :func:`launch` (a stage's
+  ``main()`` after parsing). :func:`under_torchrun`, :func:`torchrun_command`.
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import hashlib
 import json
 import logging
@@ -27,7 +35,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,11 +43,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipelines.common import write_json_atomic
+from pipelines.common import add_no_flow_flag, publish_result, run_name, usage_examples, write_json_atomic
 from tubevit.bundle import BUNDLE_FORMAT, CONFIG_FILE, MODEL_FILE, ModelBundle, load_model, save_model
 from tubevit.config.base import to_dict
-from tubevit.config.data import DatasetConfig
-from tubevit.data.shards import read_index, shard_urls
+from tubevit.config.data import DatasetConfig, LoaderConfig
+from tubevit.config.model import ModelConfig, build_model
+from tubevit.config.train import PretrainConfig
+from tubevit.data.augment import resolve_augment_on
+from tubevit.data.shards import JointBatches, eval_loader, read_index, shard_urls, step_counts, train_loader
+from tubevit.evaluate import aggregate, multilabel_metrics, predict, topk_accuracy
+from tubevit.model.convert import load_initial_weights, read_state_dict, scale_image_to_video
+from tubevit.model.tubevit import TubeViT
+from tubevit.train import distributed
 from tubevit.train.checkpoint import (
     CHECKPOINT_NAME,
     CheckpointError,
@@ -55,18 +70,31 @@ __all__ = [
     "EtaLogger",
     "LiveLogger",
     "ModelBundle",
+    "ModelCallback",
     "ProgressBar",
+    "RunOutputs",
+    "Stage",
     "Timer",
+    "add_training_arguments",
+    "check_start_weights",
     "configure_threads",
     "data_fingerprint",
     "dataset_meta",
     "estimate_seconds",
+    "join_url",
+    "launch",
     "load_model",
+    "make_batches",
+    "make_validation",
     "open_live",
+    "pretrain_model",
     "save_model",
     "set_aside_mismatched_checkpoint",
     "setup_logging",
+    "stage_parser",
     "torchrun_command",
+    "training_flow",
+    "training_paths",
     "under_torchrun",
     "write_timing",
 ]
@@ -119,8 +147,9 @@ def dataset_meta(shards: str | Path, name: str, split: str, cfg: DatasetConfig) 
     )
 
 
-EXECUTION_KEYS = ("device", "compile", "checkpoint_every", "eval_every", "nproc")
-"""Top-level keys of a pretrain/finetune config that say how a run executes, not what it learns."""
+EXECUTION_KEYS = ("device", "compile", "grad_checkpointing", "checkpoint_every", "eval_every", "nproc")
+"""Top-level keys of a pretrain/finetune config that say how a run executes, not what it learns
+(``precision`` changes the numbers and stays in the hash)."""
 LOADER_EXECUTION_KEYS = ("workers", "cache_mb")
 """Loader keys left out of the checkpoint hash. ``cache_mb`` never changes a batch. ``workers`` changes the
 sample order (each worker draws its own shards), so a resume with another worker count continues training
@@ -446,7 +475,8 @@ def train_section(
     """Run :func:`tubevit.train.loop.train` with the settings of one training section.
 
     ``cfg`` is a :class:`~tubevit.config.train.PretrainConfig` or
-    :class:`~tubevit.config.train.FinetuneConfig`: both carry optim, steps, accum_steps, compile, seed,
+    :class:`~tubevit.config.train.FinetuneConfig`: both carry optim, steps, accum_steps, compile,
+    precision, grad_checkpointing, seed,
     checkpoint_every and eval_every, which pretrain and finetune pass on identically.
     """
     return train(
@@ -458,6 +488,8 @@ def train_section(
         accum_steps=cfg.accum_steps,
         device=device,
         compile=cfg.compile,
+        precision=cfg.precision,
+        grad_checkpointing=cfg.grad_checkpointing,
         seed=cfg.seed,
         checkpoint_dir=checkpoints,
         checkpoint_every=cfg.checkpoint_every,
@@ -466,3 +498,443 @@ def train_section(
         eval_every=cfg.eval_every,
         callbacks=callbacks,
     )
+
+
+# ------------------------------------------------------------------------------------------- data factory
+def join_url(base: str | Path, name: str) -> str:
+    """``base/name`` as text: a URL such as ``s3://bucket/shards`` keeps its ``//`` (pathlib folds it)."""
+    return f"{str(base).rstrip('/')}/{name}"
+
+
+def epoch_batches(meta: DatasetMeta, lcfg: LoaderConfig, world_size: int) -> int:
+    """Batches per rank in one pass over the split: ``total // (batch_size * world_size)``, at least 1."""
+    return max(1, meta.total // (lcfg.batch_size * world_size))
+
+
+def make_batches(
+    metas: Mapping[str, DatasetMeta],
+    loaders: Mapping[str, LoaderConfig],
+    weights: Mapping[str, float],
+    *,
+    seed: int,
+    accum_steps: int,
+    rank: int,
+    world_size: int,
+    device: torch.device,
+):
+    """The loop's batch factory: ``batches(start_step)`` -> the joint micro-batches from ``start_step`` on.
+
+    A pure function of ``start_step``: each dataset's loader starts at the batch position that the steps
+    before ``start_step`` consumed (``step_counts`` x ``accum_steps``), in the epoch it falls in. Each
+    loader's ``augment_on: auto`` is resolved for the training ``device``
+    (:func:`tubevit.data.augment.resolve_augment_on`: ``device`` on CUDA); the batches are uint8 and the
+    loop normalises them on the device.
+    """
+    weights = dict(weights)
+    loaders = {
+        name: dataclasses.replace(lcfg, augment_on=resolve_augment_on(lcfg.augment_on, device))
+        for name, lcfg in loaders.items()
+    }
+
+    def batches(start_step: int) -> JointBatches:
+        counts = step_counts(weights, seed, start_step)
+        per_dataset = {}
+        for name, meta in metas.items():
+            lcfg = loaders[name]
+            per_epoch = epoch_batches(meta, lcfg, world_size)
+            consumed = counts[name] * accum_steps
+            per_dataset[name] = train_loader(
+                meta.urls,
+                lcfg,
+                dataset=name,
+                num_classes=meta.num_classes,
+                multilabel=meta.multilabel,
+                seed=seed,
+                epoch_batches=per_epoch,
+                rank=rank,
+                world_size=world_size,
+                epoch=consumed // per_epoch,
+                start_batch=consumed % per_epoch,
+            )
+        return JointBatches(per_dataset, weights, seed, start_step=start_step, batches_per_step=accum_steps)
+
+    return batches
+
+
+def make_validation(
+    metas: Mapping[str, DatasetMeta],
+    loaders: Mapping[str, LoaderConfig],
+    device: torch.device,
+    batch_size: int,
+):
+    """``evaluate(model, step)`` for in-training evaluation (``eval_every > 0``): one centred view per
+    validation clip; ``<ds>/top1`` (single-label) or ``<ds>/mAP`` (multi-label)."""
+
+    def evaluate(model, step: int) -> dict[str, float]:
+        out = {}
+        for name, meta in metas.items():
+            lcfg = LoaderConfig(
+                frames=loaders[name].frames, size=loaders[name].size, batch_size=batch_size, randaugment=False
+            )
+            loader = eval_loader(
+                meta.urls,
+                lcfg,
+                dataset=name,
+                num_classes=meta.num_classes,
+                multilabel=meta.multilabel,
+                rank=distributed.rank(),
+                world_size=distributed.world_size(),
+            )
+            preds = predict(model, loader, name, device=device)
+            scores = aggregate(preds.logits, meta.multilabel)
+            if meta.multilabel:
+                out[f"{name}/mAP"] = multilabel_metrics(scores, preds.labels)["mAP"]
+            else:
+                out[f"{name}/top1"] = topk_accuracy(scores, preds.labels, (1,))[1]
+        return out
+
+    return evaluate
+
+
+# ------------------------------------------------------------------------------------------- model factory
+def read_start_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict ``pretrain.init_from`` names: a model bundle folder (``config.json`` + ``model.pt``)
+    or a weights file (timm or torchvision image ViT, or a TubeViT state dict; ``.safetensors`` or a torch
+    file read with ``weights_only=True``).
+
+    Raises:
+        FileNotFoundError: no such file or folder (the message names ``pretrain.init_from``).
+    """
+    path = Path(path)
+    if path.is_dir():
+        return load_model(path).model.state_dict()
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrain.init_from: {path}: no such weights file or model folder")
+    return read_state_dict(path)
+
+
+def check_start_weights(pcfg: PretrainConfig, weights: Path | None) -> None:
+    """Refuse an ``init_from`` / ``tubes_from`` outside ``weights``, the folder dvc.yaml declares as the
+    pretrain stage's dependency (so that DVC reruns the stage when those weights change). ``weights``
+    ``None`` (a run outside DVC) checks nothing.
+
+    Raises:
+        ValueError: names the key, the path and the folder.
+    """
+    if weights is None:
+        return
+    root = Path(os.path.normpath(Path(weights).absolute()))
+    for key in ("init_from", "tubes_from"):
+        value = getattr(pcfg, key)
+        if value is None:
+            continue
+        path = Path(os.path.normpath(Path(value).absolute()))
+        if path != root and root not in path.parents:
+            raise ValueError(
+                f"pretrain.{key}: {value} is outside {weights}/, the folder dvc.yaml declares as this "
+                f"stage's weights dependency; put it under {weights}/"
+            )
+
+
+def pretrain_model(model_cfg: ModelConfig, pcfg: PretrainConfig, heads: Mapping[str, int]) -> TubeViT:
+    """The model a pretrain run starts from, seeded by ``pcfg.seed`` (the same on every rank).
+
+    - ``init_from``: weights loaded with :func:`tubevit.model.convert.load_initial_weights` (an image ViT
+      in timm or torchvision layout: blocks, norm and the patch embedding copied, 3D tubes inflated from
+      it; or TubeViT weights).
+    - ``scale_from_layer`` s > 0: image-to-video scaling (paper §3.6, Eq. 8) with the tubes of the
+      ``tubes_from`` bundle: :func:`tubevit.model.convert.scale_image_to_video` freezes the tubes and the
+      blocks before ``freeze_before`` (default s) and adds the gate into block s.
+    """
+    torch.manual_seed(pcfg.seed)
+    model = build_model(model_cfg, heads)
+    if pcfg.init_from is not None:
+        report = load_initial_weights(model, read_start_weights(pcfg.init_from))
+        log.info(
+            "pretrain.init_from %s: %d copied, %d inflated, %d kept at init",
+            pcfg.init_from,
+            len(report.copied),
+            len(report.inflated),
+            len(report.kept_init),
+        )
+    if pcfg.scale_from_layer > 0:
+        tubes_from = Path(str(pcfg.tubes_from))
+        if not (tubes_from / CONFIG_FILE).is_file():
+            raise FileNotFoundError(
+                f"pretrain.tubes_from: {tubes_from}: not a model folder (no {CONFIG_FILE}); it names the "
+                "smaller trained TubeViT whose tubes are taken"
+            )
+        scale_image_to_video(
+            load_model(tubes_from).model,
+            model,
+            pcfg.scale_from_layer,
+            freeze_before=pcfg.freeze_before,
+            width_map=pcfg.width_map,
+            gated=pcfg.gated,
+            tube_proj_grad=pcfg.tube_proj_grad,
+        )
+    return model
+
+
+# ------------------------------------------------------------------------------------------- the stage
+class ModelCallback(Callback):
+    """A stage callback that also sees the model right before training (:meth:`Stage.train`)."""
+
+    def on_model(self, model: nn.Module) -> None:
+        """The model as training starts (after resume is decided, before the first step)."""
+
+
+@dataclass(frozen=True)
+class RunOutputs:
+    """Where a training run writes, and what watches it (the arguments every training ``run()`` takes)."""
+
+    out: Path  # the model folder
+    checkpoints: Path | None  # resumable checkpoints; None: none
+    live: Path | None = None  # dvclive folder (rank 0); None: no dvclive logging
+    timing: Path | None = None  # timing JSON (rank 0); None: none
+    callbacks: Sequence[Callback] = ()  # extra loop callbacks (rank 0)
+    progress: bool = True  # the tqdm bar
+
+
+class Stage:
+    """One training-stage process: torchrun rank and device, CPU threads, the timer and the report.
+
+    Args:
+        name: the stage's name in logs and the timing file (``pretrain``, ``finetune-ssv2``, ...).
+        device: ``auto``, ``cpu`` or ``cuda`` (the section's ``device``).
+        loader_workers: loader workers per rank, for :func:`configure_threads`; ``None`` leaves torch's
+            thread count alone (evaluation).
+        logger: the stage module's logger (the estimate and the report are logged there).
+    """
+
+    def __init__(
+        self, name: str, device: str, loader_workers: int | None, logger: logging.Logger | None = None
+    ):
+        self.name = name
+        self.log = logger or log
+        self.started = time.perf_counter()
+        self.info = distributed.init_distributed(device)
+        self.device = self.info.device
+        self.is_main = self.info.is_main
+        if loader_workers is not None:
+            configure_threads(self.device, loader_workers, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        self.timer = Timer()
+        self.trained = False  # set by train(): the report then includes throughput, device and ranks
+
+    def batches(
+        self,
+        cfg: Any,
+        metas: Mapping[str, DatasetMeta],
+        loaders: Mapping[str, LoaderConfig],
+        weights: Mapping[str, float],
+    ):
+        """:func:`make_batches` for this process (rank, world size, device) with the section ``cfg``'s
+        seed and ``accum_steps``."""
+        return make_batches(
+            metas,
+            loaders,
+            weights,
+            seed=cfg.seed,
+            accum_steps=cfg.accum_steps,
+            rank=self.info.rank,
+            world_size=self.info.world_size,
+            device=self.device,
+        )
+
+    def train(
+        self,
+        cfg: Any,
+        model: nn.Module,
+        batches: Any,
+        objectives: Mapping[str, Any],
+        io: RunOutputs,
+        *,
+        shapes: Mapping[str, tuple[int, ...]],
+        weights: Mapping[str, float],
+        chash: str,
+        evaluate: Any = None,
+    ) -> TrainResult:
+        """Resume only from a checkpoint of ``chash`` (another one is set aside), attach the callbacks on
+        rank 0 after logging the time estimate (``shapes``: dataset -> micro-batch shape, ``weights``:
+        mixing weights), and train with ``cfg``'s settings (:func:`train_section`)."""
+        self.trained = True
+        checkpoints = io.checkpoints
+        resuming = False
+        if checkpoints is not None:
+            if self.is_main:
+                set_aside_mismatched_checkpoint(checkpoints, chash)
+            distributed.barrier()
+            resuming = latest_checkpoint(checkpoints) is not None
+        calls: list[Callback] = []
+        if self.is_main:
+            estimate = estimate_seconds(model, shapes, weights, cfg.steps, cfg.accum_steps, self.device)
+            self.log.info(
+                "%s: estimated time for %d steps: %s (compute only, measured on one micro-batch)",
+                self.name,
+                cfg.steps,
+                format_seconds(estimate),
+            )
+            calls = [self.timer, EtaLogger(self.name)]
+            if io.progress:
+                calls.append(ProgressBar(self.name))
+            if io.live is not None:
+                calls.append(LiveLogger(io.live, resume=resuming))
+            calls.extend(io.callbacks)
+            for cb in calls:
+                if isinstance(cb, ModelCallback):
+                    cb.on_model(model)
+        return train_section(
+            cfg,
+            model,
+            batches,
+            objectives,
+            device=self.device,
+            checkpoints=checkpoints,
+            chash=chash,
+            evaluate=evaluate,
+            callbacks=calls,
+        )
+
+    def save(
+        self,
+        io: RunOutputs,
+        result: TrainResult,
+        model: TubeViT,
+        config: ModelConfig,
+        metas: Mapping[str, DatasetMeta],
+        inputs: Mapping[str, dict[str, int]],
+        extra: Mapping[str, Any],
+    ) -> dict[str, Any]:
+        """Write the model bundle to ``io.out`` (rank 0): one head per trained dataset of ``metas`` (its
+        classes and multilabel flag), ``inputs`` (dataset -> ``{"frames", "size"}``) and ``extra``.
+        Returns the run's summary (steps, start step, final loss, parameters, heads)."""
+        heads = {name: meta.num_classes for name, meta in metas.items()}
+        if self.is_main:
+            model.cpu()
+            bundle = ModelBundle(
+                model=model,
+                config=config,
+                heads=heads,
+                classes={name: meta.classes for name, meta in metas.items()},
+                inputs=dict(inputs),
+                multilabel={name: meta.multilabel for name, meta in metas.items()},
+                extra=dict(extra),
+            )
+            save_model(io.out, bundle)
+        return {
+            "steps": result.step,
+            "start_step": result.start_step,
+            "final_loss": result.metrics.get("loss"),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "heads": heads,
+        }
+
+    def report(self, timing: Path | None, summary: dict[str, Any], what: str) -> dict[str, Any]:
+        """Rank 0: add the stage's wall time (and for a training run the timer's throughput, device and
+        ranks) to ``summary``, write the timing file and log ``<stage>: <what>; <summary>``. Every rank
+        waits for rank 0. Returns ``summary``."""
+        if self.is_main:
+            if self.trained:
+                summary.update(self.timer.summary())
+            summary["stage_seconds"] = round(time.perf_counter() - self.started, 3)
+            if self.trained:
+                summary.update({"device": str(self.device), "nproc": self.info.world_size})
+            write_timing(timing, self.name, summary)
+            self.log.info("%s: %s; %s", self.name, what, json.dumps(summary, sort_keys=True))
+        distributed.barrier()
+        return summary
+
+
+# ------------------------------------------------------------------------------------------- launch
+def training_flow(name: str, module: str, run: Callable[..., Any], dataset_param: str | None = None):
+    """The Prefect flow ``name`` of a training stage: with ``nproc == 1`` one task that calls
+    ``run(*args, **kwargs)`` in-process and publishes its summary as the stage's result artifact; with
+    ``nproc > 1`` one task that launches ONE torchrun subprocess of ``module`` with ``argv`` (the ranks run
+    ``run`` without Prefect). Flow runs are named ``<name>[-<dataset>]-<UTC time>`` (``dataset_param``:
+    ``"dataset"`` for a stage per dataset, ``None`` otherwise) and retried once."""
+    from prefect import flow, task
+    from prefect.cache_policies import NO_CACHE
+
+    @task(name=f"{name}-train", cache_policy=NO_CACHE)
+    def train_task(args: tuple, kwargs: dict[str, Any]) -> Any:
+        return run(*args, **kwargs)
+
+    @task(name=f"{name}-torchrun", cache_policy=NO_CACHE)
+    def torchrun_task(argv: list[str], nproc: int) -> int:
+        return run_torchrun(module, argv, nproc)
+
+    @flow(name=name, flow_run_name=run_name(name, dataset_param), retries=1, validate_parameters=False)
+    def stage_flow(
+        nproc: int, argv: list[str], dataset: str | None, args: tuple, kwargs: dict[str, Any]
+    ) -> Any:
+        if nproc > 1:
+            rc = torchrun_task(argv, nproc)
+            if rc != 0:
+                raise RuntimeError(f"{name}: torchrun exited with status {rc}")
+            return rc
+        return publish_result(name, dataset, train_task(args, kwargs))
+
+    return stage_flow
+
+
+def stage_parser(module: str, doc: str, dataset_help: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser of ``python -m <module>``: the first line of ``doc`` as description, the
+    stage's usage examples as epilog, a positional ``dataset`` when ``dataset_help`` is given, and
+    ``--params``; add the stage's paths next."""
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {module}",
+        description=doc.split("\n")[0],
+        epilog=usage_examples(module.rsplit(".", 1)[-1]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    if dataset_help is not None:
+        parser.add_argument("dataset", help=dataset_help)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="the params file")
+    return parser
+
+
+def add_training_arguments(parser: argparse.ArgumentParser, shards: str, out: str, live: str) -> None:
+    """The paths of a training stage (each appears once, in dvc.yaml): ``--shards`` (help ``shards``),
+    ``--out models/<out>``, ``--checkpoints checkpoints/<out>``, ``--live dvclive/<live>``, ``--timing
+    metrics/timing/<live>.json``; and ``--no-flow``, ``--no-progress``."""
+    parser.add_argument("--shards", type=str, required=True, help=shards)
+    parser.add_argument("--out", type=Path, required=True, help=f"model folder (models/{out})")
+    parser.add_argument(
+        "--checkpoints", type=Path, required=True, help=f"checkpoint folder (checkpoints/{out})"
+    )
+    parser.add_argument("--live", type=Path, default=None, help=f"dvclive folder (dvclive/{live})")
+    parser.add_argument("--timing", type=Path, default=None, help=f"timing JSON (metrics/timing/{live}.json)")
+    add_no_flow_flag(parser)
+    parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+
+
+def training_paths(args: argparse.Namespace) -> dict[str, Any]:
+    """``run()``'s path arguments from :func:`add_training_arguments`' options."""
+    return {
+        "shards": args.shards,
+        "out": args.out,
+        "checkpoints": args.checkpoints,
+        "live": args.live,
+        "timing": args.timing,
+    }
+
+
+def launch(
+    module: str,
+    argv: Sequence[str],
+    nproc: int,
+    no_flow: bool,
+    run: Callable[[], Any],
+    flow: Callable[[], Any],
+) -> int:
+    """A training stage's ``main()`` after parsing: under torchrun or with ``--no-flow`` call ``run()``
+    (re-executing as ONE torchrun subprocess when ``nproc > 1`` and not yet under torchrun); else run the
+    stage's Prefect ``flow()``. Returns the exit status."""
+    if under_torchrun() or no_flow:
+        if nproc > 1 and not under_torchrun():
+            return run_torchrun(module, argv, nproc)
+        run()
+        distributed.cleanup()
+        return 0
+    flow()
+    return 0

@@ -16,7 +16,10 @@ embedding is a non-persistent buffer and never in the weights. ``config.json`` h
   them, ``"fps"`` (frames per second the clips were sampled at) and ``"short_side"`` (pixels of the
   re-encoded frames' short side);
 - ``multilabel``: dataset -> bool; ``parameters``; ``tokens`` (per dataset, at its input shape); and any
-  extra keys of the stage (``stage``, ``steps``, ...).
+  extra keys of the stage (``stage``, ``steps``, ...);
+- ``scaling`` (only for a model built by image-to-video scaling, paper §3.6): ``{"gate_index", "gated",
+  "tube_dim"}`` from :func:`tubevit.model.convert.scaling_record`, so that the gate and a linear width map
+  are rebuilt before the strict load.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import torch
 
 from tubevit.config.base import build, to_dict
 from tubevit.config.model import ModelConfig, build_model
+from tubevit.model.convert import apply_scaling_record, scaling_record
 from tubevit.model.tubes import token_counts
 from tubevit.model.tubevit import TubeViT
 from tubevit.train.checkpoint import load_weights, save_weights
@@ -56,7 +60,17 @@ BUNDLE_FORMAT = 1
 MODEL_FILE = "model.pt"
 SAFETENSORS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
-_KNOWN_KEYS = {"format", "model", "heads", "classes", "inputs", "multilabel", "parameters", "tokens"}
+_KNOWN_KEYS = {
+    "format",
+    "model",
+    "heads",
+    "classes",
+    "inputs",
+    "multilabel",
+    "parameters",
+    "tokens",
+    "scaling",
+}
 
 
 class ExportError(RuntimeError):
@@ -115,6 +129,7 @@ def _config_json(bundle: ModelBundle) -> dict[str, Any]:
         "parameters": sum(p.numel() for p in model.parameters()),
         "tokens": tokens,
         **bundle.extra,
+        **({"scaling": scaling} if (scaling := scaling_record(model)) is not None else {}),
     }
 
 
@@ -205,6 +220,8 @@ def load_model(directory: str | Path) -> ModelBundle:
     cfg = build(ModelConfig, meta["model"], "model")
     heads = {str(k): int(v) for k, v in meta["heads"].items()}
     model = build_model(cfg, heads)
+    if meta.get("scaling"):  # the image-to-video gate (and linear width map) of a scaled model
+        apply_scaling_record(model, meta["scaling"])
     model.load_state_dict(_load_state(weights), strict=True)
     return ModelBundle(
         model=model,

@@ -142,3 +142,31 @@ def test_main_refuses_a_dataset_without_a_finetune_section(tmp_path, capsys):
         capsys.readouterr().err.strip()
         == f"{params}: finetune.kinetics: not defined (fine-tuned datasets: charades, ssv2)"
     )
+
+
+def test_prepare_model_keeps_the_gate_of_a_scaled_model(tmp_path):
+    """A model folder written after image-to-video scaling (gate, linear width map) reloads and
+    fine-tunes with its structure and weights; only the heads are new."""
+    from tubevit.config.model import ModelConfig
+    from tubevit.model.convert import scale_image_to_video
+    from tubevit.model.tubevit import create_model
+
+    torch.manual_seed(0)
+    small = create_model("nano", "embedded", {"kinetics": 5})
+    large = create_model("tiny", "embedded", {"kinetics": 5})
+    scale_image_to_video(small, large, 10)
+    with torch.no_grad():
+        large.gate.alpha.fill_(0.25)
+    cfg = ModelConfig(variant="tiny", tubes="embedded")
+    bundle = training.ModelBundle(
+        large, cfg, {"kinetics": 5}, {"kinetics": list("abcde")}, {"kinetics": {"frames": 8, "size": 64}},
+        {"kinetics": False},
+    )  # fmt: skip
+    training.save_model(tmp_path / "scaled", bundle)
+    loaded = training.load_model(tmp_path / "scaled")
+    model = finetune.prepare_model(loaded, "ssv2", 10, micro_params().finetune["ssv2"])
+    assert model.gate_index == 10 and model.gate.alpha.item() == 0.25
+    assert model.tube_proj.weight.shape == (192, 64)
+    state, source = model.state_dict(), large.state_dict()
+    assert all(torch.equal(state[k], source[k]) for k in source if not k.startswith("heads."))
+    assert {k for k in state if k.startswith("heads.")} == {"heads.ssv2.weight", "heads.ssv2.bias"}

@@ -228,7 +228,7 @@ def test_shards_url_is_kept_as_text_and_read_through_fsspec(shards, tmp_path):
         ["--shards", "s3://bucket/shards", "--out", "o", "--checkpoints", "c"]
     )
     assert args.shards == "s3://bucket/shards"
-    assert pretrain._join(args.shards, "kinetics") == "s3://bucket/shards/kinetics"
+    assert training.join_url(args.shards, "kinetics") == "s3://bucket/shards/kinetics"
     register_fsspec_handlers(["memory"])
     fs = fsspec.filesystem("memory")
     for path in shards.rglob("*"):
@@ -240,3 +240,240 @@ def test_shards_url_is_kept_as_text_and_read_through_fsspec(shards, tmp_path):
     a = torch.load(tmp_path / "url" / "model.pt", weights_only=True)
     b = torch.load(tmp_path / "local" / "model.pt", weights_only=True)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---- issue 9 item 1: init_from and image-to-video scaling through the stage -------------------------------
+
+
+class StartState(training.ModelCallback):
+    """The model's weights and trainable set right before the first step (the stage's on_model hook)."""
+
+    def __init__(self):
+        self.state: dict[str, torch.Tensor] = {}
+        self.frozen: set[str] = set()
+
+    def on_model(self, model):
+        self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+
+
+def _image_vit(layout: str, width: int = 64, depth: int = 4, heads: int = 4) -> dict[str, torch.Tensor]:
+    """A randomly initialised image ViT (8x8 patches of 64^2 images) in timm's or torchvision's layout."""
+    torch.manual_seed(123)
+    if layout == "timm":
+        import timm
+
+        vit = timm.create_model(
+            "vit_tiny_patch16_224", pretrained=False, embed_dim=width, depth=depth, num_heads=heads,
+            patch_size=8, img_size=64, num_classes=10,
+        )  # fmt: skip
+    else:
+        import torchvision
+
+        vit = torchvision.models.VisionTransformer(
+            image_size=64,
+            patch_size=8,
+            num_layers=depth,
+            num_heads=heads,
+            hidden_dim=width,
+            mlp_dim=4 * width,
+        )
+    return vit.state_dict()
+
+
+def _with(params, model=None, **pretrain):
+    return dataclasses.replace(
+        params,
+        model=model or params.model,
+        pretrain=dataclasses.replace(params.pretrain, **pretrain),
+    )
+
+
+@pytest.mark.parametrize("layout", ["timm", "torchvision"])
+def test_init_from_an_image_vit_file_starts_from_its_weights(shards, tmp_path, layout):
+    """``pretrain.init_from`` = a saved image-ViT state dict: the encoder the first step sees is the file's
+    (blocks and final norm exactly, the 1x8x8 image tube = the patch embedding), and training moves it."""
+    source = _image_vit(layout)
+    path = tmp_path / f"{layout}.pth"
+    torch.save(source, path)
+    start = StartState()
+    params = _with(micro_params(), init_from=str(path))
+    pretrain.run(params, shards, tmp_path / "m", None, callbacks=[start], progress=False)
+    if layout == "timm":
+        blocks = {k: v for k, v in source.items() if k.startswith(("blocks.", "norm."))}
+        patch_w, patch_b = source["patch_embed.proj.weight"], source["patch_embed.proj.bias"]
+        qkv = "blocks.3.attn.qkv.weight"
+    else:
+        blocks = {
+            "norm.weight": source["encoder.ln.weight"],
+            "blocks.0.attn.qkv.weight": source[
+                "encoder.layers.encoder_layer_0.self_attention.in_proj_weight"
+            ],
+            "blocks.3.mlp.fc2.weight": source["encoder.layers.encoder_layer_3.mlp.3.weight"],
+        }
+        patch_w, patch_b = source["conv_proj.weight"], source["conv_proj.bias"]
+        qkv = "blocks.0.attn.qkv.weight"
+    assert len(blocks) >= 3
+    for key, value in blocks.items():
+        assert torch.equal(start.state[key], value), key
+    image_tube = next(i for i, s in enumerate(get_tube_set("embedded")) if s.kernel == (1, 8, 8))
+    assert torch.equal(start.state[f"tokenizer.tubes.{image_tube}.proj.weight"], patch_w.unsqueeze(2))
+    assert torch.equal(start.state[f"tokenizer.tubes.{image_tube}.proj.bias"], patch_b)
+    assert start.frozen == set()
+    trained = torch.load(tmp_path / "m" / "model.pt", weights_only=True)
+    assert not torch.equal(trained[qkv], start.state[qkv])  # 2 steps trained from there
+    assert (trained[qkv] - start.state[qkv]).abs().max() < 0.01
+
+
+def test_init_from_a_model_folder_and_errors(base, shards, tmp_path):
+    """A TubeViT model folder as ``init_from``: every weight (heads of the same datasets too) starts equal
+    to the folder's. A missing path names the key."""
+    folder = micro_pretrained(base)
+    start = StartState()
+    pretrain.run(
+        _with(micro_params(), init_from=str(folder)), shards, tmp_path / "m", None, callbacks=[start],
+        progress=False,
+    )  # fmt: skip
+    saved = torch.load(folder / "model.pt", weights_only=True)
+    assert start.state.keys() == saved.keys()
+    assert all(torch.equal(start.state[k], saved[k]) for k in saved)
+    with pytest.raises(FileNotFoundError, match=r"pretrain.init_from: .*nope.pt: no such weights file"):
+        pretrain.run(
+            _with(micro_params(), init_from=str(tmp_path / "nope.pt")), shards, tmp_path / "x", None,
+            progress=False,
+        )  # fmt: skip
+
+
+def test_image_to_video_scaling_through_the_stage(base, shards, tmp_path):
+    """An image ViT (tiny width, 12 blocks) + the micro nano model's tubes, s = 10: the stage freezes the
+    tubes, their [I; 0] width map and blocks 0-9, adds the gate into block 10, trains the rest (the gate's
+    alpha opens), and writes a bundle that reloads with the gate."""
+    small = micro_pretrained(base)
+    source = _image_vit("timm", width=192, depth=12, heads=3)
+    path = tmp_path / "vit_tiny.pth"
+    torch.save(source, path)
+    params = _with(
+        micro_params(),
+        model=dataclasses.replace(micro_params().model, variant="tiny"),
+        init_from=str(path),
+        tubes_from=str(small),
+        scale_from_layer=10,
+    )
+    start = StartState()
+    pretrain.run(params, shards, tmp_path / "m", tmp_path / "ck", callbacks=[start], progress=False)
+
+    tubes = {n for n in start.state if n.startswith("tokenizer.")}
+    blocks = {n for n in start.state if n.startswith(tuple(f"blocks.{i}." for i in range(10)))}
+    assert start.frozen == tubes | blocks | {"tube_proj.weight"}
+    assert torch.equal(start.state["tube_proj.weight"], torch.eye(192, 64))
+    assert start.state["gate.alpha"].item() == 0.0
+    small_state = torch.load(small / "model.pt", weights_only=True)
+    assert all(torch.equal(start.state[k], small_state[k]) for k in tubes)
+    assert all(torch.equal(start.state[k], source[k]) for k in blocks)
+
+    trained = torch.load(tmp_path / "m" / "model.pt", weights_only=True)
+    assert all(torch.equal(trained[k], start.state[k]) for k in start.frozen)  # frozen stayed
+    assert trained["gate.alpha"].item() != 0.0  # the gate learns
+    assert not torch.equal(trained["blocks.11.mlp.fc1.weight"], start.state["blocks.11.mlp.fc1.weight"])
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["scaling"] == {"gate_index": 10, "gated": True, "tube_dim": 64}
+    assert config["model"]["variant"] == "tiny"
+    bundle = training.load_model(tmp_path / "m")
+    assert bundle.model.gate_index == 10 and bundle.model.tube_proj.weight.shape == (192, 64)
+    x = torch.zeros(2, 3, 8, 64, 64)
+    assert bundle.model.eval()(x, "kinetics").shape == (2, config["heads"]["kinetics"])
+
+
+# ---- issue 8 settings through the shared stage module -----------------------------------------------------
+
+
+def test_augment_on_is_resolved_for_the_training_device(shards):
+    """``augment_on: auto`` becomes ``device`` for a CUDA run and the measured CPU choice for a CPU run;
+    an explicit value is kept."""
+    from tubevit.data.augment import CPU_AUTO_CHOICE
+
+    params = micro_params()
+    metas = {
+        name: training.dataset_meta(training.join_url(shards, name), name, "train", params.dataset(name))
+        for name in params.pretrain.datasets
+    }
+    loaders = dict(params.pretrain.loader)
+    loaders["imagenet"] = dataclasses.replace(loaders["imagenet"], augment_on="cpu")
+    assert loaders["kinetics"].augment_on == "auto"
+    for device, expected in ((torch.device("cpu"), CPU_AUTO_CHOICE), (torch.device("cuda"), "device")):
+        batches = training.make_batches(
+            metas,
+            loaders,
+            params.pretrain.datasets,
+            seed=0,
+            accum_steps=1,
+            rank=0,
+            world_size=1,
+            device=device,
+        )(0)
+        assert batches.loaders["kinetics"].augment_on == expected
+        assert batches.loaders["imagenet"].augment_on == "cpu"
+
+
+def test_grad_checkpointing_and_precision_reach_the_loop(shards, tmp_path):
+    """``grad_checkpointing`` switches the model's activation checkpointing on (an execution key: the
+    checkpoint hash ignores it); ``precision`` is passed to the loop and is part of the hash."""
+
+    class Model(training.ModelCallback):
+        def on_model(self, model):
+            self.model = model
+
+    seen = Model()
+    params = _with(micro_params(), grad_checkpointing=True)
+    pretrain.run(params, shards, tmp_path / "m", None, callbacks=[seen], progress=False)
+    assert seen.model.grad_checkpointing is True
+    base = pretrain.run_config_hash(micro_params(), {})
+    assert pretrain.run_config_hash(params, {}) == base
+    assert pretrain.run_config_hash(_with(micro_params(), precision="fp32"), {}) != base
+    with pytest.raises(ValueError, match="precision"):
+        pretrain.run(_with(micro_params(), precision="fp8"), shards, tmp_path / "x", None, progress=False)
+
+
+def test_main_writes_the_tubes_plot(shards, tmp_path):
+    """``--tubes-plot`` (a path from dvc.yaml): a PNG of the trained model's tubes on the kinetics
+    training clip (8x64^2: the 8x2x2 tube has no position and is listed as skipped)."""
+    from PIL import Image
+
+    from tubevit.viz import canvas_size
+
+    plot = tmp_path / "plots" / "tubes.png"
+    argv = ["--shards", str(shards), "--out", str(tmp_path / "m"), "--checkpoints", str(tmp_path / "ck")]
+    argv += ["--params", str(PARAMS), "--no-flow", "--no-progress", "--tubes-plot", str(plot)]
+    assert pretrain.main(argv) == 0
+    assert (tmp_path / "m" / "model.pt").is_file()
+    with Image.open(plot) as image:
+        assert image.format == "PNG" and image.size == canvas_size(len(get_tube_set("embedded")))
+        assert len(image.convert("RGB").getcolors(maxcolors=100_000)) > 4  # drawn, not blank
+    assert not list(plot.parent.glob(".*tmp*"))  # written atomically
+
+
+def test_start_weights_must_lie_in_the_declared_weights_folder(base, shards, tmp_path):
+    """``--weights <dir>`` (the dvc.yaml dependency): an ``init_from`` / ``tubes_from`` outside it is refused
+    before anything runs, naming the key; inside it (or a run without ``--weights``) it is used."""
+    inside = tmp_path / "weights" / "vit.pth"
+    inside.parent.mkdir()
+    torch.save(_image_vit("timm"), inside)
+    outside = tmp_path / "elsewhere.pth"
+    params = _with(micro_params(), init_from=str(outside))
+    for weights in (tmp_path / "weights", Path("weights")):
+        with pytest.raises(
+            ValueError,
+            match=r"^pretrain.init_from: .*elsewhere.pth is outside .*weights/, the folder dvc.yaml declares",
+        ):
+            pretrain.run(params, shards, tmp_path / "x", None, progress=False, weights_dir=weights)
+    assert not (tmp_path / "x").exists()
+    trick = _with(micro_params(), init_from=str(tmp_path / "weights" / ".." / "elsewhere.pth"))
+    with pytest.raises(ValueError, match="outside"):
+        training.check_start_weights(trick.pretrain, tmp_path / "weights")
+    scaled = _with(
+        micro_params(), init_from=str(inside), tubes_from=str(micro_pretrained(base)), scale_from_layer=2
+    )
+    with pytest.raises(ValueError, match=r"^pretrain.tubes_from: .* is outside"):
+        training.check_start_weights(scaled.pretrain, tmp_path / "weights")
+    training.check_start_weights(_with(micro_params(), init_from=str(inside)).pretrain, tmp_path / "weights")
+    training.check_start_weights(params.pretrain, None)

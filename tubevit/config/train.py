@@ -116,6 +116,9 @@ class PretrainConfig:
         "auto"  # small -> large width: S2D (integer ratio) or linear
     )
     gated: bool = True  # the tanh(alpha) * z_0 skip (False: Table 6's "+last N layers" without the gate)
+    # linear width map with frozen blocks: tube_proj frozen at [I; 0] (frozen), trained through the gate
+    # only (gate), or through the frozen blocks too (full: back-propagates through them; costly)
+    tube_proj_grad: Literal["frozen", "gate", "full"] = "frozen"
 
     def __post_init__(self) -> None:
         _check_common(self)

@@ -15,12 +15,13 @@ Conversion to float and ImageNet normalisation happen on the training device
   ``augment_batch`` applies them on the device. The workers only decode and draw the parameters. The
   video tensor is channels last in memory (a ``(B, T, H, W, C)`` buffer seen as ``(B, C, T, H, W)``), so
   no transpose runs on the CPU; a device copy (``.to(device)``) keeps those strides.
-- ``auto``: ``device`` when CUDA exists; the stage resolves it for its training device with
-  :func:`~tubevit.data.augment.resolve_augment_on` and passes the result.
+- ``auto``: the loader resolves it with :func:`~tubevit.data.augment.resolve_augment_on` for ``cuda`` when
+  CUDA exists, else for ``cpu``; a stage resolves it for its own training device and passes the result.
 
 Every sample's parameters, whichever side applies them, are drawn from its own seed, so a sample looks the
 same with either setting up to interpolation numerics. Tensors are written once, in their final layout,
-into pinned memory when CUDA exists (shared memory inside DataLoader workers; the DataLoader pins them).
+into pinned memory when CUDA exists (shared memory inside DataLoader workers; the DataLoader pins them), or
+into batch memory the loader reuses once the caller has let go of a batch (no CUDA, ``workers: 0``).
 
 Evaluation batches are uint8 ``(B, C, T, size, size)`` too, and also hold ``"view": list[int]`` (the view
 of the clip, ``v * S + s`` for temporal view v and spatial view s); ``"label"`` is the video-level label.
@@ -74,8 +75,8 @@ import torch
 import webdataset as wds
 
 from tubevit.config.data import LoaderConfig
-from tubevit.data.augment import augment_clip, draw_clip_params, pack_params, resolve_augment_on
-from tubevit.data.transforms import EvalTransform, sample_seed
+from tubevit.data.augment import augment_clip, pack_params, resolve_augment_on
+from tubevit.data.transforms import EvalTransform, TrainTransform, sample_seed
 from tubevit.data.video import DecodeError, decode_all, decode_clip_eval, decode_clip_train, train_indices
 
 log = logging.getLogger(__name__)
@@ -322,21 +323,57 @@ class DecodedCache:
         return array
 
 
-def _pin() -> bool:
-    """Whether batches go to pinned host memory here: CUDA exists and this is not a loader worker (a
-    worker's batches cross to the main process through shared memory; the DataLoader pins them there)."""
-    return torch.cuda.is_available() and torch.utils.data.get_worker_info() is None
+def _use_count(t: torch.Tensor) -> int:
+    """How many tensors (and array views) share ``t``'s memory (0 where torch cannot tell)."""
+    count = getattr(torch._C, "_storage_Use_Count", None)
+    return int(count(t.untyped_storage()._cdata)) if count is not None else 0
 
 
-def _empty(shape: tuple[int, ...], dtype: torch.dtype, *, zero: bool = False) -> torch.Tensor:
-    """An uninitialised (or zeroed) CPU tensor where a batch is assembled once, in its final place: pinned
-    memory in the main process when CUDA exists, shared memory in a DataLoader worker (as the default
-    collate does: no copy when the batch crosses to the main process), plain memory otherwise."""
+class _BufferPool:
+    """Batch memory reused across batches in the training process when nothing pins it (no CUDA).
+
+    A fresh multi-MB tensor costs a page fault and a kernel zeroing per page on first touch: at 64 x 224^2
+    that is 10-15 ms per clip, a third of the clip's decode time. A buffer is handed out again only once
+    no tensor or array view of it remains (its storage use count is back to the pool's own), so a batch
+    still held by the caller is never overwritten. With CUDA the pinned caching allocator reuses memory
+    itself (and knows about in-flight copies); DataLoader workers allocate shared memory instead.
+    """
+
+    def __init__(self, size: int = 4):
+        self.size = size
+        self.buffers: list[tuple[torch.Tensor, int]] = []  # (flat uint8 buffer, its idle use count)
+
+    def take(self, nbytes: int) -> torch.Tensor:
+        """A flat uint8 tensor of ``nbytes`` bytes nobody else holds (uninitialised contents): a new view,
+        so that holding it counts as a use of the buffer."""
+        idle = [i for i, (buf, count) in enumerate(self.buffers) if count and _use_count(buf) == count]
+        for i in idle:
+            if self.buffers[i][0].numel() == nbytes:
+                return self.buffers[i][0].view(nbytes)
+        buf = torch.empty(nbytes, dtype=torch.uint8)
+        if idle:
+            self.buffers[idle[0]] = (buf, _use_count(buf))
+        elif len(self.buffers) < self.size:
+            self.buffers.append((buf, _use_count(buf)))
+        return buf.view(nbytes)
+
+    def __getstate__(self) -> dict:  # a copy sent to a DataLoader worker starts empty
+        return {"size": self.size, "buffers": []}
+
+
+def _empty(
+    shape: tuple[int, ...], dtype: torch.dtype, *, zero: bool = False, pool: _BufferPool | None = None
+) -> torch.Tensor:
+    """An uninitialised (or zeroed) CPU tensor where a batch is assembled once, in its final place: shared
+    memory in a DataLoader worker (as the default collate does: no copy when the batch crosses to the main
+    process), pinned memory in the main process when CUDA exists, else ``pool`` memory (or plain)."""
+    numel = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
     if torch.utils.data.get_worker_info() is not None:
-        numel = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
         out = torch.empty(0, dtype=dtype).set_(torch.UntypedStorage._new_shared(numel)).view(shape)
+    elif torch.cuda.is_available() or pool is None:
+        out = torch.empty(shape, dtype=dtype, pin_memory=torch.cuda.is_available())
     else:
-        out = torch.empty(shape, dtype=dtype, pin_memory=_pin())
+        out = pool.take(numel).view(dtype).view(shape)
     return out.zero_() if zero else out
 
 
@@ -346,8 +383,9 @@ class _TrainSample:
     ``augment_on="cpu"``: ``{"video": uint8 (C, T, size, size), "label", "key"}``, cropped and augmented.
     ``augment_on="device"``: ``{"video": uint8 (T, H, W, C) decoded frames, "params": ClipParams, ...}``;
     the crop and RandAugment run batched on the training device from the packed parameters.
-    Both draw the same parameters for a sample: :func:`~tubevit.data.augment.draw_clip_params` of the
-    seed that follows the window draw of ``random.Random(sample_seed(seed, epoch, __key__))``.
+    Both draw the same parameters for a sample (``TrainTransform.params``, i.e.
+    :func:`~tubevit.data.augment.draw_clip_params`) from the seed that follows the window draw of
+    ``random.Random(sample_seed(seed, epoch, __key__))``.
     """
 
     def __init__(
@@ -369,14 +407,15 @@ class _TrainSample:
         self.seed = seed
         self.epoch = epoch
         self.augment_on = augment_on
-        self.aug = {
-            "size": lcfg.size,
-            "scale": lcfg.crop_scale,
-            "ratio": lcfg.crop_ratio,
-            "randaugment": lcfg.randaugment,
-            "num_ops": lcfg.randaugment_ops,
-            "magnitude": lcfg.randaugment_magnitude,
-        }
+        self.transform = TrainTransform(
+            lcfg.size,
+            scale=lcfg.crop_scale,
+            ratio=lcfg.crop_ratio,
+            randaugment=lcfg.randaugment,
+            num_ops=lcfg.randaugment_ops,
+            magnitude=lcfg.randaugment_magnitude,
+            normalized=False,
+        )
 
     def __call__(self, sample: dict) -> dict:
         key = sample["__key__"]
@@ -408,8 +447,8 @@ class _TrainSample:
                 frames = _decode_image(data, name)
             label = _video_label(meta, self.num_classes, self.multilabel)
         frames = torch.from_numpy(np.ascontiguousarray(frames))  # (T, H, W, C): no copy when contiguous
-        params = draw_clip_params(rng.getrandbits(63), int(frames.shape[1]), int(frames.shape[2]), **self.aug)
-        if self.augment_on == "cpu":  # (C, T, size, size), cropped and augmented here
+        params = self.transform.params(int(frames.shape[1]), int(frames.shape[2]), rng.getrandbits(63))
+        if self.augment_on == "cpu":  # uint8 (C, T, size, size), cropped and augmented here
             return {"video": augment_clip(frames, params), "label": label, "key": key}
         return {"video": frames, "params": params, "label": label, "key": key}
 
@@ -536,7 +575,7 @@ class _EvalSample:
         self.views = lcfg.temporal_views
         self.num_classes = num_classes
         self.multilabel = multilabel
-        self.transform = EvalTransform(lcfg.size, lcfg.spatial_views)
+        self.transform = EvalTransform(lcfg.size, lcfg.spatial_views, normalized=False)
 
     def __call__(self, src: Iterable[dict]) -> Iterator[dict]:
         for sample in src:
@@ -551,8 +590,7 @@ class _EvalSample:
             label = _video_label(meta, self.num_classes, self.multilabel)
             spatial = self.transform.spatial_views
             for v, clip in enumerate(clips):
-                views = self.transform.crops(clip).transpose(1, 2)  # uint8 (S, C, T, size, size), a view
-                for s, view in enumerate(views):
+                for s, view in enumerate(self.transform(clip)):  # uint8 (S, C, T, size, size)
                     yield {"video": view, "label": label, "key": key, "view": v * spatial + s}
 
 
@@ -587,8 +625,9 @@ class _Collate:
     from :func:`~tubevit.data.augment.pack_params`. Pinned when CUDA exists (see :func:`_empty`).
     """
 
-    def __init__(self, dataset: str):
+    def __init__(self, dataset: str, pool: _BufferPool | None = None):
         self.dataset = dataset
+        self.pool = pool
 
     def __call__(self, samples: list[dict]) -> dict:
         videos = [s["video"] for s in samples]
@@ -597,14 +636,14 @@ class _Collate:
             t, c = videos[0].shape[0], videos[0].shape[3]
             h, w = max(v.shape[1] for v in videos), max(v.shape[2] for v in videos)
             ragged = any(v.shape[1:3] != (h, w) for v in videos)
-            buffer = _empty((len(videos), t, h, w, c), torch.uint8, zero=ragged)
+            buffer = _empty((len(videos), t, h, w, c), torch.uint8, zero=ragged, pool=self.pool)
             for b, v in enumerate(videos):
                 buffer[b, :, : v.shape[1], : v.shape[2]].copy_(v)
             batch["video"] = buffer.permute(0, 4, 1, 2, 3)
             packed = pack_params([s["params"] for s in samples])
             batch["aug"] = _empty(tuple(packed.shape), packed.dtype).copy_(packed)
         else:
-            out = _empty((len(videos), *videos[0].shape), videos[0].dtype)
+            out = _empty((len(videos), *videos[0].shape), videos[0].dtype, pool=self.pool)
             batch["video"] = torch.stack(videos, out=out)
         labels = [s["label"] for s in samples]
         batch["label"] = torch.stack(labels, out=_empty((len(labels), *labels[0].shape), labels[0].dtype))
@@ -621,6 +660,11 @@ class ClipLoader:
 
     The k-th iteration reads epoch ``epoch + k``; the first one starts after ``start_batch`` batches
     (resume) and yields ``epoch_batches - start_batch``. See the module docstring for the pipeline.
+
+    Attributes:
+        augment_on: ``"cpu"`` or ``"device"`` (``LoaderConfig.augment_on`` resolved).
+        counts: ``{"skipped": undecodable samples replaced, "shard_errors": unreadable shards}`` seen in this
+            process (``workers: 0``); DataLoader workers count in their own copies and log every one.
     """
 
     def __init__(
@@ -664,6 +708,7 @@ class ClipLoader:
         # undecodable samples ("skipped") and unreadable shards ("shard_errors") seen in this process
         # (workers: 0; DataLoader workers count in their own copies and log each one)
         self.counts: dict[str, int] = {"skipped": 0, "shard_errors": 0}
+        self.pool = _BufferPool()  # batch memory reused in this process (workers: 0, no CUDA)
 
     def __len__(self) -> int:
         return self.epoch_batches
@@ -689,7 +734,7 @@ class ClipLoader:
             _seeded_shuffle(lcfg.shuffle_buffer, sample_seed(self.seed, epoch), self.rank, start_batch),
             _skip_consumed(start_batch, lcfg.batch_size),
             _DecodeReplacing(decode, guard),
-            _batched(lcfg.batch_size, _Collate(self.dataset), partial=False),
+            _batched(lcfg.batch_size, _Collate(self.dataset, self.pool), partial=False),
         )
 
     def __iter__(self) -> Iterator[dict]:

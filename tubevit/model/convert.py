@@ -22,6 +22,17 @@ loaded as above) takes the tubes of a smaller trained TubeViT.
 Then the tokenizer and blocks ``[0, freeze_before)`` are frozen (``requires_grad=False``) and the gated
 skip ``z_s = MLP(LN(y_s)) + y_s + tanh(alpha) * z_0`` (``alpha`` = 0 at init) feeds blocks ``[s, depth)``,
 where ``y_s`` is the output of block ``s - 1`` and ``z_0`` the encoder input.
+
+**``tube_proj`` with frozen blocks** (``tube_proj_grad``, only with the linear map and ``freeze_before > 0``).
+If ``tube_proj`` trained while the blocks before ``s`` are frozen, ``z_0`` would need a gradient, and
+autograd would keep the activations of every frozen block and back-propagate through them: most of the
+paper's training-cost saving lost (26 of 32 blocks for H). So:
+- ``frozen`` (default): ``tube_proj`` is frozen at its ``[I; 0]`` initialisation with the tubes; nothing
+  before the gate needs a gradient.
+- ``gate``: ``tube_proj`` trains from the gate's ``tanh(alpha) * z_0`` term only; the blocks before the
+  gate take ``z_0`` detached (:attr:`TubeViT.detach_stem`), so they still run without a backward.
+- ``full``: ``tube_proj`` trains with the full gradient, back-propagating through the frozen blocks.
+With ``freeze_before == 0`` nothing is frozen and ``tube_proj`` trains with the full gradient.
 """
 
 from __future__ import annotations
@@ -41,19 +52,25 @@ from tubevit.model.tubes import SparseTubeTokenizer, TubeSpec, resize_kernel
 from tubevit.model.tubevit import TubeViT
 
 __all__ = [
+    "TUBE_PROJ_GRAD",
     "ConversionError",
     "LoadReport",
+    "apply_scaling_record",
     "detect_layout",
     "image_vit_state_dict",
     "inflate_kernel",
     "load_image_vit",
+    "load_initial_weights",
     "read_state_dict",
     "scale_image_to_video",
+    "scaling_record",
 ]
 
 log = logging.getLogger(__name__)
 
 Layout = Literal["auto", "timm", "torchvision"]
+TubeProjGrad = Literal["frozen", "gate", "full"]
+TUBE_PROJ_GRAD: tuple[str, ...] = ("frozen", "gate", "full")
 
 DROPPED = {
     "timm": (re.compile(r"^(cls_token|pos_embed|head\..*)$"),),
@@ -287,6 +304,7 @@ def scale_image_to_video(
     freeze_before: int | None = None,
     width_map: Literal["auto", "s2d", "linear"] = "auto",
     gated: bool = True,
+    tube_proj_grad: TubeProjGrad = "frozen",
 ) -> TubeViT:
     """Give ``large`` (e.g. an image-pretrained ViT loaded with :func:`load_image_vit`) the tubes of the
     trained ``small`` TubeViT, freeze its early layers and add the gated skip (paper §3.6, Eq. 8).
@@ -300,6 +318,9 @@ def scale_image_to_video(
         width_map: ``auto`` (S2D for integer width ratios, else linear), ``s2d`` (error unless the ratio is
             an integer and every tube's stride allows the split) or ``linear``.
         gated: add the ``tanh(alpha) * z_0`` term (``False``: the same block without the gate).
+        tube_proj_grad: how the linear width map trains when blocks are frozen: ``frozen`` (at ``[I; 0]``),
+            ``gate`` (through the gate's ``z_0`` term only; the frozen blocks see ``z_0`` detached) or
+            ``full`` (back-propagating through the frozen blocks); see the module docstring.
 
     Returns:
         ``large``.
@@ -314,6 +335,8 @@ def scale_image_to_video(
     freeze_before = scale_from_layer if freeze_before is None else freeze_before
     if not 0 <= freeze_before <= depth:
         raise ValueError(f"freeze_before must be in [0, {depth}], got {freeze_before}")
+    if tube_proj_grad not in TUBE_PROJ_GRAD:
+        raise ValueError(f"tube_proj_grad must be one of {TUBE_PROJ_GRAD}, got {tube_proj_grad!r}")
     in_chans = small.tokenizer.in_chans
     device = large.norm.weight.device
 
@@ -351,18 +374,100 @@ def scale_image_to_video(
     large.tokenizer = tokenizer
 
     large.add_gate(scale_from_layer, gated=gated)
+    large.detach_stem = False
     if freeze_before > 0:
         for p in large.tokenizer.parameters():
             p.requires_grad_(False)
         for block in large.blocks[:freeze_before]:
             for p in block.parameters():
                 p.requires_grad_(False)
+        if large.tube_proj is not None and tube_proj_grad == "frozen":
+            large.tube_proj.weight.requires_grad_(False)
+        large.detach_stem = large.tube_proj is not None and tube_proj_grad == "gate"
     log.info(
-        "image-to-video scaling: width %d -> %d by %s, gate at layer %d, %d blocks frozen",
+        "image-to-video scaling: width %d -> %d by %s, gate at layer %d, %d blocks frozen%s",
         d_small,
         d_large,
         "S2D" if specs is not None else "linear map",
         scale_from_layer,
         freeze_before,
+        f", tube_proj {tube_proj_grad}" if large.tube_proj is not None and freeze_before > 0 else "",
     )
     return large
+
+
+def scaling_record(model: TubeViT) -> dict[str, int | bool | None] | None:
+    """What a scaled model has beyond its config (``None`` if it has no gate): ``{"gate_index": s,
+    "gated": bool, "tube_dim": D_small or None}``. With :func:`apply_scaling_record` it rebuilds the same
+    structure (for a strict ``load_state_dict``)."""
+    if model.gate is None:
+        return None
+    return {
+        "gate_index": model.gate_index,
+        "gated": model.gate.alpha is not None,
+        "tube_dim": model.tokenizer.embed_dim if model.tube_proj is not None else None,
+    }
+
+
+def apply_scaling_record(model: TubeViT, record: Mapping[str, int | bool | None]) -> TubeViT:
+    """Give ``model`` (built from the scaled model's config: its variant and written-out tubes) the gate
+    and, for a linear width map, the ``tube_dim`` tokenizer and ``tube_proj`` of :func:`scaling_record`.
+    Weights are left at their initialisation: load them next. Returns ``model``."""
+    tube_dim = record.get("tube_dim")
+    if tube_dim is not None:
+        device = model.norm.weight.device
+        model.tokenizer = SparseTubeTokenizer(model.tubes, int(tube_dim), model.tokenizer.in_chans).to(device)
+        model.tube_proj = nn.Linear(int(tube_dim), model.embed_dim, bias=False).to(device)
+    model.add_gate(int(record["gate_index"]), gated=bool(record["gated"]))
+    return model
+
+
+def _is_tubevit_state(state: Mapping[str, Tensor]) -> bool:
+    return any(k.startswith("tokenizer.tubes.") for k in state)
+
+
+@torch.no_grad()
+def load_initial_weights(model: TubeViT, state_dict: Mapping[str, Tensor]) -> LoadReport:
+    """Start ``model`` from ``state_dict``: an image ViT (timm or torchvision layout, through
+    :func:`load_image_vit`) or a TubeViT state dict (same architecture: every non-head key must match in
+    name and shape; heads are copied where a head of the same name and shape exists, else kept at init).
+
+    Raises:
+        ConversionError: keys or shapes that do not fit (all listed).
+    """
+    if not _is_tubevit_state(state_dict):
+        return load_image_vit(model, state_dict)
+    own = model.state_dict()
+    report = LoadReport()
+    missing = [k for k in own if not k.startswith("heads.") and k not in state_dict]
+    unexpected = [k for k in state_dict if not k.startswith("heads.") and k not in own]
+    bad = [
+        f"{k} {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in state_dict.items()
+        if not k.startswith("heads.") and k in own and v.shape != own[k].shape
+    ]
+    if missing or unexpected or bad:
+        parts = [
+            f"{what}: {', '.join(keys)}"
+            for what, keys in (
+                ("missing keys", missing),
+                ("unexpected keys", unexpected),
+                ("shape mismatch", bad),
+            )
+            if keys
+        ]
+        raise ConversionError("TubeViT weights do not fit the model; " + "; ".join(parts))
+    for key, value in state_dict.items():
+        if key in own and own[key].shape == value.shape:
+            own[key].copy_(value)
+            report.copied.append(key)
+        else:
+            report.dropped.append(key)  # a head this run does not have (or of another size)
+    report.kept_init = [k for k in own if k not in set(report.copied)]
+    log.info(
+        "loaded TubeViT weights: %d copied, %d heads dropped, %d kept at init",
+        len(report.copied),
+        len(report.dropped),
+        len(report.kept_init),
+    )
+    return report

@@ -21,9 +21,10 @@ the twin's. A merged token's centre is the centre of the union of its parts:
 **Kernel interpolation** (paper §3.4, supplement §2). A spec may have ``learned_kernel`` (the shape of its
 weight) different from ``kernel`` (the shape it is applied with). The weight keeps its learned shape, so the
 parameter count is unchanged; the forward resizes it with ``F.interpolate(trilinear, align_corners=False)``
-times ``old volume / new volume`` and replicate-pads the input by ``(kernel - learned_kernel)/2`` per side,
+times ``old volume / new volume`` and widens each window by ``p = (kernel - learned_kernel)/2`` per side,
 so every token keeps the position and centre of the learned-kernel tube (same token count, same position
-embedding).
+embedding). A window reads the real frames / pixels before the offset (``[o - p, o)``); only the part that
+lies outside the input (``max(0, p - o)`` at the start, the overrun at the end) is replicate-padded.
 
 **Token order.** Tubes in their given order (skipped tubes contribute nothing); within a tube, tokens are
 row-major over its ``(t, h, w)`` grid.
@@ -144,7 +145,8 @@ class TubeSpec:
 
     @property
     def interp_pad(self) -> Triple:
-        """Replicate padding per side, ``(kernel - learned_kernel)/2``, of an interpolated tube."""
+        """Window widening per side, ``(kernel - learned_kernel)/2``, of an interpolated tube (real input
+        before the offset is read; only what lies outside the input is replicate-padded)."""
         wk = self.weight_kernel
         return ((self.kernel[0] - wk[0]) // 2, (self.kernel[1] - wk[1]) // 2, (self.kernel[2] - wk[2]) // 2)
 
@@ -286,13 +288,18 @@ class TubeEmbed(nn.Module):
             return x.new_zeros(B, 0, self.embed_dim)
         f, s, o, k, p = spec.s2d, spec.stride, spec.offset, spec.kernel, spec.interp_pad
         step = tuple(si // fi for si, fi in zip(s, f, strict=True))  # conv stride: s / f
-        x = x[:, :, o[0] :, o[1] :, o[2] :]
-        # conv position m starts at m*step - p (sliced coords); m < n*f; so we need [-p, end)
-        ends = [(ni * fi - 1) * st - pi + ki for ni, fi, st, pi, ki in zip(n, f, step, p, k, strict=True)]
-        lengths = x.shape[2:]
-        x = x[:, :, : ends[0], : ends[1], : ends[2]]
-        end_pad = [max(0, e - L) for e, L in zip(ends, lengths, strict=True)]
-        pad = (p[2], end_pad[2], p[1], end_pad[1], p[0], end_pad[0])
+        # conv position m starts at o + m*step - p (input coords), m < n*f: it reads [o - p, end). Real
+        # frames/pixels before the offset are used; only what lies outside the input is replicate-padded.
+        starts = [oi - pi for oi, pi in zip(o, p, strict=True)]
+        ends = [
+            oi + (ni * fi - 1) * st - pi + ki
+            for oi, ni, fi, st, pi, ki in zip(o, n, f, step, p, k, strict=True)
+        ]
+        lo = [max(st, 0) for st in starts]
+        x = x[:, :, lo[0] : ends[0], lo[1] : ends[1], lo[2] : ends[2]]
+        front = [max(0, -st) for st in starts]  # max(0, p - o)
+        end_pad = [max(0, e - L) for e, L in zip(ends, (T, H, W), strict=True)]
+        pad = (front[2], end_pad[2], front[1], end_pad[1], front[0], end_pad[0])
         if any(pad):
             x = F.pad(x, pad, mode="replicate")
         weight = resize_kernel(self.proj.weight, k)

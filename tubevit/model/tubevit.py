@@ -110,6 +110,7 @@ class TubeViT(nn.Module):
         self.heads = nn.ModuleDict()
         self.gate: GatedSkip | None = None
         self.gate_index: int | None = None
+        self.detach_stem = False  # blocks before the gate take z_0 detached (image-to-video scaling)
         self.grad_checkpointing = False
         self.apply(_init_weights)
         for name, num_classes in heads.items():
@@ -158,19 +159,6 @@ class TubeViT(nn.Module):
             names.add("gate.alpha")
         return names
 
-    def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
-        """Two AdamW groups: decay on weight matrices/kernels, none on biases, norms, probe and gate."""
-        skip = self.no_weight_decay()
-        decay, no_decay = [], []
-        for name, p in self.named_parameters():
-            if not p.requires_grad:
-                continue
-            (no_decay if p.ndim < 2 or name in skip else decay).append(p)
-        return [
-            {"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
-
     # ---- forward --------------------------------------------------------------------------------------
 
     def embed(self, x: Tensor) -> Tensor:
@@ -187,7 +175,9 @@ class TubeViT(nn.Module):
     def forward_features(self, x: Tensor) -> Tensor:
         """``(B, C, T, H, W)`` -> ``(B, N, D)`` encoder output after the final LayerNorm."""
         z0 = self.embed(x)
-        x = self.pos_drop(z0)
+        # detach_stem: only the gate's tanh(alpha) * z_0 term carries a gradient to the tubes, so the
+        # frozen blocks before it need no backward (tubevit.model.convert, tube_proj_grad="gate")
+        x = self.pos_drop(z0.detach() if self.detach_stem else z0)
         for i, block in enumerate(self.blocks):
             if self.gate is not None and i == self.gate_index:
                 x = self.gate(x, z0)

@@ -16,7 +16,7 @@ from pipelines.shard import read_tar_samples
 from pipelines.shard import run as shard
 from tests.tubevit.data.clips import decoded_indices, make_image_set, make_video_set, write_tar
 from tubevit.config.data import LoaderConfig, ShardConfig
-from tubevit.data.augment import augment_batch, augment_clip, unpack_params
+from tubevit.data.augment import CPU_AUTO_CHOICE, augment_batch, augment_clip, to_model_input, unpack_params
 from tubevit.data.shards import (
     JointBatches,
     NoSamplesError,
@@ -363,15 +363,14 @@ def test_device_batches_carry_the_frames_and_the_cpu_paths_params(root):
             idx = decoded_indices(thwc.numpy())
             assert idx == list(range(idx[0], idx[0] + 8)) and 0 <= idx[0] <= metas[key]["frames"] - 8
             assert torch.equal(augment_clip(thwc, p), want), key
-    # the batched device path runs on these (channels-last) batches; crops match the cpu path
-    crop_only = replace(DEVICE, randaugment=False)
-    x, y = (
-        next(iter(_loader(root, replace(crop_only, augment_on="cpu")))),
-        next(iter(_loader(root, crop_only))),
-    )
-    out = augment_batch(y["video"], y["aug"])
-    assert out.shape == (4, 3, 8, 24, 24)
-    assert (out - x["video"].float()).abs().mean() < 1.0
+    # the batched device path runs on these channels-last batches: on CPU tensors with the per-clip crop it
+    # reproduces the cpu batches exactly (RandAugment included); to_model_input takes both kinds of batch
+    for x, y in zip(cpu, device, strict=True):
+        out = augment_batch(y["video"], y["aug"], crop="per_sample")
+        assert out.shape == (4, 3, 8, 24, 24) and torch.equal(out, x["video"].float())
+        for batch in (x, y):
+            model_input = to_model_input(batch, "cpu")
+            assert model_input.dtype == torch.float32 and model_input.shape == (4, 3, 8, 24, 24)
 
 
 def test_device_batches_are_zero_padded_to_the_largest_frames(root):
@@ -484,3 +483,31 @@ def test_a_shard_set_without_a_decodable_sample_fails(root, tmp_path):
             assert f"({len(urls)} shards" in str(e.value)
     with pytest.raises(NoSamplesError, match=r"first failure: .*cannot open video"):
         list(train_loader(bad, PLAIN, dataset="kinetics", num_classes=3, epoch_batches=1))
+
+
+def test_batch_memory_is_reused_only_once_released():
+    from tubevit.data.shards import _BufferPool
+
+    pool = _BufferPool(size=2)
+    a = pool.take(1000).view(10, 100)
+    a.fill_(7)
+    b = pool.take(1000)  # a is held: another buffer
+    assert b.data_ptr() != a.data_ptr() and (a == 7).all()
+    view = a.permute(1, 0)
+    del a
+    c = pool.take(1000)  # a's memory is still held through its view
+    assert c.data_ptr() not in (view.data_ptr(), b.data_ptr())
+    ptr = view.data_ptr()
+    del view, b
+    assert pool.take(1000).data_ptr() == ptr  # released: handed out again
+    assert pool.take(64).numel() == 64  # another size replaces an idle buffer
+
+
+def test_augment_on_is_validated_and_auto_resolves_for_this_machine(root):
+    from tubevit.config.base import ConfigError
+
+    with pytest.raises(ConfigError, match=r"augment_on.*must be one of auto, cpu, device, got 'gpu'"):
+        LoaderConfig(augment_on="gpu")
+    loader = _loader(root, replace(PLAIN, augment_on="auto"))
+    assert loader.augment_on == ("device" if torch.cuda.is_available() else CPU_AUTO_CHOICE)
+    assert _loader(root, DEVICE).augment_on == "device" and _loader(root, AUG).augment_on == "cpu"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import random
 
 import numpy as np
@@ -73,3 +74,16 @@ def test_bad_bytes_raise_naming_the_sample(clip20):
         decode_frames(b"this is not a video", [0], "shard-3.tar:000000007")
     with pytest.raises(DecodeError, match=r"c: frame index out of range \[0, 20\)"):
         decode_frames(clip20, [20], "c")
+
+
+def test_windows_and_scattered_indices_decode_the_same_frames(clip20):
+    """A contiguous window takes get_batch's frames as they come (DLPack, no gather); scattered or repeated
+    indices go through unique + gather. Both give the same pixels, in arrays that outlive the reader."""
+    window = decode_frames(clip20, np.arange(4, 12), "c")
+    scattered = decode_frames(clip20, np.array([11, 4, 7, 7, 5, 6, 8, 9, 10]), "c")
+    gc.collect()  # the readers and decord's batch objects are gone; the arrays must still hold the frames
+    assert window.shape == (8, 48, 64, 3) and decoded_indices(window) == list(range(4, 12))
+    assert np.array_equal(scattered[0], window[7]) and np.array_equal(scattered[1], window[0])
+    assert np.array_equal(scattered[2], scattered[3]) and np.array_equal(scattered[2], window[3])
+    window[0, 0, 0, 0] = 1  # writable
+    assert np.array_equal(decode_frames(clip20, [5], "c")[0], window[1])

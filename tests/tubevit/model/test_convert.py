@@ -200,3 +200,67 @@ def test_s2d_width_map_error_names_the_tube():
         scale_image_to_video(small, large, 1, width_map="s2d")
     # auto falls back to the linear map
     assert scale_image_to_video(small, large, 1).tube_proj is not None
+
+
+def _requires_grad_out(module: torch.nn.Module) -> list[bool]:
+    seen: list[bool] = []
+    module.register_forward_hook(lambda _m, _i, out: seen.append(out.requires_grad))
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("mode", "proj_trains", "frozen_blocks_in_graph"),
+    [("frozen", False, False), ("gate", True, False), ("full", True, True)],
+)
+def test_linear_width_map_tube_proj_grad(mode, proj_trains, frozen_blocks_in_graph):
+    """Issue 9 item 3: with frozen blocks, ``tube_proj`` is frozen at [I; 0] by default, so the frozen
+    blocks run without autograd; ``gate`` trains it through the gate only (z_0 detached for the frozen
+    blocks); ``full`` back-propagates through the frozen blocks."""
+    small, large = _pair(96, 4)  # ratio 1.5: linear map
+    kwargs = {} if mode == "frozen" else {"tube_proj_grad": mode}
+    scaled = scale_image_to_video(small, large, scale_from_layer=2, **kwargs)
+    assert torch.equal(scaled.tube_proj.weight, torch.eye(96, 64))
+    frozen = {n for n, p in scaled.named_parameters() if not p.requires_grad}
+    expected = {
+        n for n, _ in scaled.named_parameters() if n.startswith(("tokenizer.", "blocks.0.", "blocks.1."))
+    }
+    if not proj_trains:
+        expected.add("tube_proj.weight")
+    assert frozen == expected
+    assert scaled.detach_stem is (mode == "gate")
+    block0, block2 = _requires_grad_out(scaled.blocks[0]), _requires_grad_out(scaled.blocks[2])
+    with torch.no_grad():
+        scaled.gate.alpha.fill_(0.3)  # open the gate so that its z_0 term carries a gradient
+    scaled.train()
+    scaled(torch.randn(2, 3, 16, 64, 64), "kinetics").sum().backward()
+    assert block0 == [frozen_blocks_in_graph] and block2 == [True]
+    grad = scaled.tube_proj.weight.grad
+    if proj_trains:
+        assert grad is not None and grad.abs().sum() > 0
+    else:
+        assert grad is None
+    for name, p in scaled.named_parameters():
+        if name in frozen:
+            assert p.grad is None, name
+
+
+def test_gate_mode_gradient_is_the_gate_term_only():
+    """``gate``: tube_proj's gradient equals the one through tanh(alpha) * z_0 alone (blocks 0..s-1 see a
+    detached z_0), and the forward is unchanged."""
+    small, large = _pair(96, 4)
+    full = scale_image_to_video(small, large, scale_from_layer=2, tube_proj_grad="full")
+    gate = copy.deepcopy(full)
+    gate.detach_stem = True
+    for m in (full, gate):
+        with torch.no_grad():
+            m.gate.alpha.fill_(0.3)
+        m.eval()
+    x = torch.randn(2, 3, 16, 64, 64)
+    torch.testing.assert_close(full(x, "kinetics"), gate(x, "kinetics"), rtol=0, atol=0)
+    gate(x, "kinetics").sum().backward()
+    full(x, "kinetics").sum().backward()
+    assert not torch.allclose(gate.tube_proj.weight.grad, full.tube_proj.weight.grad)
+    with pytest.raises(
+        ValueError, match=r"tube_proj_grad must be one of \('frozen', 'gate', 'full'\), got 'x'"
+    ):
+        scale_image_to_video(*_pair(96, 4), 2, tube_proj_grad="x")

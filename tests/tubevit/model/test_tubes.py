@@ -30,8 +30,9 @@ from tubevit.model.tubes import (
 def reference_tokens(x: torch.Tensor, spec: TubeSpec, weight: torch.Tensor, bias: torch.Tensor):
     """Tokens and the (t, y, x) centre of the union of each token's windows, by explicit loops.
 
-    weight: the learned (O, C, *learned_kernel) kernel. Windows outside the offset-sliced input read its
-    nearest element (replicate padding)."""
+    weight: the learned (O, C, *learned_kernel) kernel. An interpolated window starts ``pad`` before its
+    learned-kernel position, so it reads real input before the offset; only windows outside the whole
+    input read its nearest element (replicate padding)."""
     _, _, T, H, W = x.shape
     o, s, f, k = spec.offset, spec.stride, spec.s2d, spec.kernel
     wk = spec.weight_kernel
@@ -41,8 +42,7 @@ def reference_tokens(x: torch.Tensor, spec: TubeSpec, weight: torch.Tensor, bias
         vol_old = wk[0] * wk[1] * wk[2]
         vol_new = k[0] * k[1] * k[2]
         w_applied = F.interpolate(weight, size=k, mode="trilinear", align_corners=False) * vol_old / vol_new
-    sliced = x[:, :, o[0] :, o[1] :, o[2] :]
-    lengths = sliced.shape[2:]
+    lengths = (T, H, W)
     counts = []
     for a, L in enumerate((T, H, W)):
         counts.append(max(0, (L - o[a] - wk[a]) // s[a] + 1) if L - o[a] >= wk[a] else 0)
@@ -53,16 +53,16 @@ def reference_tokens(x: torch.Tensor, spec: TubeSpec, weight: torch.Tensor, bias
             for iw in range(counts[2]):
                 chans, lo, hi = [], [1e9] * 3, [-1e9] * 3
                 for j in parts:
-                    starts = [(it, ih, iw)[a] * s[a] + j[a] * s[a] // f[a] - pad[a] for a in range(3)]
+                    starts = [o[a] + (it, ih, iw)[a] * s[a] + j[a] * s[a] // f[a] - pad[a] for a in range(3)]
                     idx = [
                         torch.tensor([min(max(st + q, 0), lengths[a] - 1) for q in range(k[a])])
                         for a, st in enumerate(starts)
                     ]
-                    patch = sliced[:, :, idx[0]][:, :, :, idx[1]][:, :, :, :, idx[2]]
+                    patch = x[:, :, idx[0]][:, :, :, idx[1]][:, :, :, :, idx[2]]
                     chans.append(torch.einsum("bcthw,octhw->bo", patch, w_applied) + bias)
                     for a in range(3):
-                        lo[a] = min(lo[a], o[a] + starts[a])
-                        hi[a] = max(hi[a], o[a] + starts[a] + k[a] - 1)
+                        lo[a] = min(lo[a], starts[a])
+                        hi[a] = max(hi[a], starts[a] + k[a] - 1)
                 tokens.append(torch.cat(chans, dim=1))
                 cents.append([(lo[a] + hi[a]) / 2 for a in range(3)])
     if not tokens:
@@ -224,6 +224,39 @@ def test_interpolation_keeps_params_tokens_and_constant_response(base, interp):
             centers(spec, T, S, S),
             centers(TubeSpec(spec.weight_kernel, spec.stride, spec.offset, spec.s2d), T, S, S),
         )
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        # charades_interpolated's 4x12x12 -> 4x32x32 (offset 16, p 10) and 16x4x4 -> 32x8x8 (offset 4, p 8;
+        # without S2D so that one strided conv is the reference)
+        TubeSpec((4, 32, 32), (16, 32, 32), (0, 16, 16), learned_kernel=(4, 12, 12)),
+        TubeSpec((32, 8, 8), (6, 32, 32), (4, 8, 8), learned_kernel=(16, 4, 4)),
+        TubeSpec((6, 8, 8), (4, 8, 8), (1, 6, 1), learned_kernel=(2, 4, 4)),  # p > o on t and w, p < o on h
+    ],
+)
+def test_interpolated_tube_reads_real_input_before_its_offset(spec):
+    """Reference: the kernel resized as the model does, applied by one strided conv to the WHOLE input
+    replicate-padded by p on every side, starting at the offset: every window covers [o - p, o - p + k),
+    real frames and pixels wherever they exist."""
+    torch.manual_seed(0)
+    T, H, W = 48, 80, 80
+    x = torch.randn(2, 3, T, H, W, dtype=torch.float64)
+    tube = TubeEmbed(spec, 16).double()
+    p, o = spec.interp_pad, spec.offset
+    weight = resize_kernel(tube.proj.weight, spec.kernel)
+    padded = F.pad(x, (p[2], p[2], p[1], p[1], p[0], p[0]), mode="replicate")
+    n = grid(spec, T, H, W)
+    ref = F.conv3d(padded[:, :, o[0] :, o[1] :, o[2] :], weight, tube.proj.bias, stride=spec.stride)
+    ref = ref[:, :, : n[0], : n[1], : n[2]].flatten(2).transpose(1, 2)  # (B, D, t, h, w) -> (B, N, D)
+    got = tube(x)
+    assert got.shape == ref.shape == (2, n[0] * n[1] * n[2], 16) and got.shape[1] > 0
+    torch.testing.assert_close(got, ref)
+    # the old behaviour (slice at o, then replicate-pad by p) differs wherever p and o are both > 0
+    sliced = F.pad(x[:, :, o[0] :, o[1] :, o[2] :], (p[2], p[2], p[1], p[1], p[0], p[0]), mode="replicate")
+    old = F.conv3d(sliced, weight, tube.proj.bias, stride=spec.stride)[:, :, : n[0], : n[1], : n[2]]
+    assert not torch.allclose(old.flatten(2).transpose(1, 2), ref)
 
 
 def test_charades_interpolated_mapping():
