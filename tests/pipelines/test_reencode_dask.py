@@ -72,3 +72,40 @@ def test_dask_cluster_gives_the_thread_runners_outputs(prefect_api, raw, tmp_pat
     assert [(f["id"], f["reason"]) for f in failure] == [
         ("broken00001_000000_000002", "not a media file (starts with b'not a video\\n')")
     ]
+
+
+def test_a_task_that_crashes_on_dask_is_recorded_as_its_items_failure(
+    prefect_api, raw, tmp_path, monkeypatch
+):
+    """A chunk's task raises past process_item (here a MemoryError, as an exhausted worker would): the
+    stage still ends, and each item of that chunk is a ``crash`` row of failures.jsonl."""
+    from distributed import LocalCluster
+
+    from pipelines import reencode
+
+    call = reencode._ChunkFn.__call__
+
+    def crashing(self, chunk):
+        if any(it.id == "_dask000002_000000_000003" for it in chunk):
+            raise MemoryError("worker out of memory")
+        return call(self, chunk)
+
+    monkeypatch.setattr(reencode._ChunkFn, "__call__", crashing)
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
+        rcfg = ReencodeConfig(workers=2, dask_address=cluster.scheduler_address, chunk_size=2)
+        result = run_flow("kinetics", CFG, rcfg, raw, tmp_path / "dask")
+    # chunks of 2 in (split, id) order: the crashing one holds _dask000002 and broken00001
+    assert (result["input"], result["ok"], result["failed"]) == (6, 4, 2)
+    assert result["failures_by_kind"] == {"crash": 2}
+    rows = read_jsonl(tmp_path / "dask" / "failures.jsonl")
+    assert [(r["id"], r["kind"], r["reason"]) for r in rows] == [
+        ("_dask000002_000000_000003", "crash", "the task crashed: MemoryError: worker out of memory"),
+        ("broken00001_000000_000002", "crash", "the task crashed: MemoryError: worker out of memory"),
+    ]
+    manifest = [r["id"] for r in read_jsonl(tmp_path / "dask" / "manifest.jsonl")]
+    assert manifest == [
+        "-dask000001_000000_000002",
+        "-dask000001_000001_000003",
+        "dask0000003_000000_000001",
+        "dask0000003_000001_000002",
+    ]
