@@ -36,7 +36,7 @@ from statistics import median
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipelines import reencode  # noqa: E402
+from pipelines import encode, reencode, verify  # noqa: E402
 from pipelines.common import read_jsonl  # noqa: E402
 from pipelines.datasets.base import Item  # noqa: E402
 from pipelines.media import probe_video  # noqa: E402
@@ -70,12 +70,15 @@ def _ffprobe_probes(path, count_frames=True, timeout=30.0, max_side=None):
 
 
 def _ours_ffprobe(items, raw: Path, out: Path, short_side: int) -> float:
-    fast = reencode.probe_video_fast
-    reencode.probe_video_fast = _ffprobe_probes
+    modules = (encode, verify)  # where the stage probes the source and the output
+    fast = [m.probe_video_fast for m in modules]
+    for m in modules:
+        m.probe_video_fast = _ffprobe_probes
     try:
         return _ours(items, raw, out, short_side, 1)
     finally:
-        reencode.probe_video_fast = fast
+        for m, f in zip(modules, fast, strict=True):
+            m.probe_video_fast = f
 
 
 def _cli(items, raw: Path, out: Path, short_side: int, width: int, height: int) -> float:

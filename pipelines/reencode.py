@@ -1,5 +1,10 @@
 """Stage ``reencode@<ds>``: raw media -> uniform h264 mp4 at the dataset's fps (images: RGB JPEG), plus a manifest.
 
+The pieces with a job of their own live in their own modules: probing in :mod:`pipelines.media`, the
+ffmpeg command, encoding (video and images) and per-item errors in :mod:`pipelines.encode`, checking an
+encoded file in :mod:`pipelines.verify`. This module keeps the plan (items, names, sidecars, reuse), the
+reports, the flow and the command line.
+
 Usage::
 
     python -m pipelines.reencode kinetics --raw raw/kinetics --out videos/kinetics --params params.yaml
@@ -26,7 +31,7 @@ Video (DESIGN "Re-encode", pinned)::
         -vf fps=<fps>,scale=<short side, other side -2>,setsar=1,format=yuv420p -c:v libx264 -preset <p>
         -crf <q> -g <round(fps)> -threads 1 -fflags +bitexact -map_metadata -1 -movflags +faststart <tmp>
 
-built with ffmpeg-python by :func:`encode_spec`; :func:`ffmpeg_command` is the same argv as a list (for the
+built with ffmpeg-python by :func:`pipelines.encode.encode_spec`; :func:`ffmpeg_command` is the same argv as a list (for the
 benchmark). ffmpeg-python writes each file's options in sorted order, and ``-nostdin`` after the output;
 ffmpeg applies per-file options to the next file whatever their order, so this is the pinned command
 (a test checks that the pinned order gives identical bytes). The source is probed before and the output
@@ -66,21 +71,17 @@ import logging
 import math
 import os
 import re
-import subprocess
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import ffmpeg
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from pipelines.common import (
-    TMP_MARK,
     Outcomes,
     StageLockedError,
     budget_problem,
@@ -93,7 +94,22 @@ from pipelines.common import (
     write_jsonl_atomic,
 )
 from pipelines.datasets.base import AnnotationError, Item
-from pipelines.media import MediaCapError, ProbeError, VideoInfo, probe_video_fast
+from pipelines.encode import (
+    ItemFailure,
+    codec_params,
+    encode_image,
+    encode_spec,
+    encode_video,
+    ffmpeg_command,
+    plan_trim,
+    probe_source,
+    scale_filter,
+    temporary,
+    trim_window,
+    video_filter,
+)
+from pipelines.media import ProbeError, probe_video_fast
+from pipelines.verify import verify_video
 from tubevit.config.base import ConfigError
 from tubevit.config.data import DatasetConfig, ReencodeConfig
 
@@ -129,15 +145,6 @@ class TrimmedMismatchError(RuntimeError):
     """``trimmed: false`` but most trim windows start past the end of their files: the files are clips."""
 
 
-class ItemFailure(Exception):
-    """One item cannot be re-encoded; ``kind`` groups reasons (missing, unreadable, trim, past_end, ...)."""
-
-    def __init__(self, kind: str, reason: str):
-        self.kind = kind
-        self.reason = reason
-        super().__init__(reason)
-
-
 # --------------------------------------------------------------------------------------------------------
 # Names and the ffmpeg command (pure functions)
 # --------------------------------------------------------------------------------------------------------
@@ -162,94 +169,6 @@ def output_name(item: Item, image: bool) -> str:
     return f"{item.split}/{safe_name(item.id)}{IMAGE_SUFFIX if image else VIDEO_SUFFIX}"
 
 
-def _num(x: float) -> str:
-    """A number as ffmpeg reads it, stable across runs: ``15`` not ``15.0``; at most 6 decimals."""
-    text = f"{x:.6f}".rstrip("0").rstrip(".")
-    return text if text not in ("", "-0") else "0"
-
-
-def gop(fps: float) -> int:
-    """The keyframe interval ``-g``: one keyframe about every second, in frames."""
-    return max(1, round(fps))
-
-
-def scale_filter(display_width: int, display_height: int, short_side: int) -> str:
-    """``scale=-2:N`` for landscape or square sources, ``scale=N:-2`` for portrait (display size, pixels)."""
-    if display_width >= display_height:
-        return f"scale=-2:{short_side}"
-    return f"scale={short_side}:-2"
-
-
-def video_filter(fps: float, scale: str) -> str:
-    return f"fps={_num(fps)},{scale},setsar=1,format=yuv420p"
-
-
-def codec_params(fps: float, preset: str, crf: int) -> dict[str, Any]:
-    """The output options of the pinned command other than the filter (recorded in every sidecar)."""
-    return {
-        "map": "0:v:0",
-        "an": None,
-        "sn": None,
-        "dn": None,
-        "c:v": "libx264",
-        "preset": preset,
-        "crf": crf,
-        "g": gop(fps),
-        "threads": 1,
-        "fflags": "+bitexact",
-        "map_metadata": "-1",
-        "movflags": "+faststart",
-    }
-
-
-def encode_spec(
-    src: str | os.PathLike,
-    dst: str | os.PathLike,
-    *,
-    fps: float,
-    scale: str,
-    preset: str,
-    crf: int,
-    start: float | None = None,
-    length: float | None = None,
-):
-    """The ffmpeg-python spec of the pinned re-encode command (DESIGN "Re-encode").
-
-    Args:
-        src: the source file; made absolute (ids, hence names, may start with ``-``).
-        dst: the output file (its ``.mp4`` suffix picks the muxer); made absolute.
-        fps: output frame rate (frames per second); also the keyframe interval ``-g`` (rounded).
-        scale: the scale filter, from :func:`scale_filter`.
-        preset, crf: x264 preset and constant rate factor.
-        start, length: the trim window in seconds (input-side ``-ss``/``-t``, accurate seek), or ``None``.
-    """
-    input_options: dict[str, Any] = {"threads": 1}
-    if start is not None:
-        if length is None:
-            raise ValueError("a trim needs both start and length")
-        input_options.update(ss=_num(start), t=_num(length))
-    stream = ffmpeg.input(str(Path(src).absolute()), **input_options)
-    options = {**codec_params(fps, preset, crf), "vf": video_filter(fps, scale)}
-    return stream.output(str(Path(dst).absolute()), **options).global_args("-nostdin")
-
-
-def ffmpeg_command(
-    src: str | os.PathLike,
-    dst: str | os.PathLike,
-    *,
-    fps: float,
-    scale: str,
-    preset: str,
-    crf: int,
-    start: float | None = None,
-    length: float | None = None,
-    cmd: str = "ffmpeg",
-) -> list[str]:
-    """The argv the stage runs for one video (the benchmark runs the same list directly)."""
-    spec = encode_spec(src, dst, fps=fps, scale=scale, preset=preset, crf=crf, start=start, length=length)
-    return spec.compile(cmd=cmd)
-
-
 # --------------------------------------------------------------------------------------------------------
 # One item
 # --------------------------------------------------------------------------------------------------------
@@ -270,11 +189,6 @@ def _source_path(item: Item, raw: Path) -> Path:
     return norm
 
 
-def _temporary(final: Path) -> Path:
-    """``.<name>.tmp-<uuid><suffix>``: matches the stale-temporary pattern and keeps the media suffix."""
-    return final.with_name(f".{final.name}{TMP_MARK}{uuid.uuid4().hex}{final.suffix}")
-
-
 def _item_params(item: Item, cfg: DatasetConfig, rcfg: ReencodeConfig, source_size: int) -> dict[str, Any]:
     """The item-level params an output is made with; an existing output is reused only if they match."""
     if cfg.is_image:
@@ -293,21 +207,12 @@ def _item_params(item: Item, cfg: DatasetConfig, rcfg: ReencodeConfig, source_si
         "kind": "video",
         "fps": cfg.fps,
         "short_side": cfg.short_side,
-        "trim": _window(item, cfg),
+        "trim": trim_window(item, cfg),
         "codec": codec_params(cfg.fps, rcfg.preset, rcfg.crf),
         "filter": video_filter(cfg.fps, f"scale=<short side {cfg.short_side}, other side -2>"),
         "source": item.source,
         "source_size": source_size,
     }
-
-
-def _window(item: Item, cfg: DatasetConfig) -> list[float] | None:
-    """The trim window [start, end] in seconds, or None (whole file: trimmed sources, or no window)."""
-    if cfg.trimmed or (item.start is None and item.end is None):
-        return None
-    start = 0.0 if item.start is None else float(item.start)
-    end = math.inf if item.end is None else float(item.end)
-    return [start, end]
 
 
 def _reuse(final: Path, sidecar: Path, params: dict[str, Any]) -> dict[str, Any] | None:
@@ -325,95 +230,17 @@ def _reuse(final: Path, sidecar: Path, params: dict[str, Any]) -> dict[str, Any]
     return record
 
 
-_POINTER = re.compile(r" @ 0x[0-9a-fA-F]+")
-_ERROR_WORDS = (
-    "error",
-    "invalid",
-    "partial file",
-    "failed",
-    "not found",
-    "cannot",
-    "could not",
-    "no such",
-    "corrupt",
-)
-
-
-def _clean_stderr(stderr: bytes, src: Path, tmp: Path) -> list[str]:
-    """ffmpeg's stderr lines without run-specific text (pointers, the temporary's uuid, absolute paths)."""
-    text = stderr.decode("utf-8", "replace").replace(str(tmp), "<output>").replace(str(src), "<source>")
-    return [_POINTER.sub("", ln.strip()) for ln in text.splitlines() if ln.strip()]
-
-
-def _ffmpeg_reason(lines: list[str]) -> str:
-    """The error lines of ffmpeg's log (deduplicated, last 3), or its last lines when none looks like one."""
-    errors = [ln for ln in lines if any(w in ln.lower() for w in _ERROR_WORDS)]
-    unique = list(dict.fromkeys(errors or lines[-3:]))
-    return " | ".join(unique[-3:])[:500]
-
-
-def _run_ffmpeg(spec, src: Path, tmp: Path, timeout: float) -> list[str]:
-    """Run an ffmpeg-python spec; returns its cleaned stderr lines. Raises ItemFailure on failure or timeout."""
-    proc = ffmpeg.run_async(spec, pipe_stdout=True, pipe_stderr=True)
-    try:
-        _, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        raise ItemFailure("encode", f"ffmpeg took longer than {timeout:g} s (max_encode_s)") from None
-    except BaseException:
-        proc.kill()
-        proc.communicate()
-        raise
-    lines = _clean_stderr(err, src, tmp)
-    if proc.returncode:
-        reason = f"ffmpeg failed (exit {proc.returncode}): {_ffmpeg_reason(lines)}"
-        if any("partial file" in ln for ln in lines):  # the data ends before the index says it does
-            raise ItemFailure("truncated", f"truncated source (partial file); {reason}")
-        raise ItemFailure("encode", reason)
-    return lines
-
-
 def _encode_video(item: Item, src: Path, final: Path, cfg: DatasetConfig, rcfg: ReencodeConfig) -> dict:
-    """Probe, trim, encode to a temporary, verify, rename. Returns the sidecar's ``media`` and ``quality``."""
-    try:  # in-process (PyAV); ffprobe only for a file PyAV finds unusual, which then gets ffprobe's reason
-        info = probe_video_fast(src, count_frames=False, timeout=rcfg.probe_timeout_s, max_side=rcfg.max_side)
-    except MediaCapError as exc:
-        raise ItemFailure("cap", exc.reason) from None
-    except ProbeError as exc:
-        kind = "missing" if exc.reason == "missing file" else "unreadable"
-        raise ItemFailure(kind, exc.reason) from None
-    window = _window(item, cfg)
-    start = length = None
-    expected = info.duration  # seconds of video the output should hold
-    if window is not None:
-        start, end = window
-        if not end > start:
-            raise ItemFailure("trim", f"empty trim window [{_num(start)}, {_num(end)}] s")
-        if start >= info.duration:
-            raise ItemFailure(
-                "past_end",
-                f"trim window [{_num(start)}, {_num(end)}] s starts past the end of the video "
-                f"(duration {_num(info.duration)} s)",
-            )
-        length = min(end, info.duration) - start
-        expected = length
-    if expected > rcfg.max_duration_s:
-        raise ItemFailure(
-            "cap",
-            f"{expected:.1f} s of video to encode is over the cap of {rcfg.max_duration_s:g} s (max_duration_s)",
-        )
-    scale = scale_filter(info.display_width, info.display_height, cfg.short_side)
+    """Probe, plan the trim, encode to a temporary, verify, rename. Returns the sidecar's ``media`` and
+    ``quality``."""
+    info = probe_source(src, rcfg)
+    window = trim_window(item, cfg)
+    start, length, expected = plan_trim(info, window, rcfg)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary(final)
+    tmp = temporary(final)
     try:
-        spec = encode_spec(
-            src, tmp, fps=cfg.fps, scale=scale, preset=rcfg.preset, crf=rcfg.crf, start=start, length=length
-        )
-        # The header's duration is untrusted: it is capped above (max_duration_s), and so is the timeout.
-        timeout = min(rcfg.max_encode_s, 120.0 + 10.0 * expected)
-        stderr = _run_ffmpeg(spec, src, tmp, timeout=timeout)
-        out = _verify_output(item, tmp, cfg, window, info, expected, stderr, rcfg.probe_timeout_s)
+        stderr = encode_video(src, tmp, info, cfg, rcfg, start, length, expected)
+        out = verify_video(tmp, cfg, window, info, expected, stderr, rcfg.probe_timeout_s)
         os.replace(tmp, final)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -441,103 +268,6 @@ def _encode_video(item: Item, src: Path, final: Path, cfg: DatasetConfig, rcfg: 
     return {"media": media, "quality": quality}
 
 
-def _verify_output(
-    item: Item,
-    path: Path,
-    cfg: DatasetConfig,
-    window: list[float] | None,
-    src: VideoInfo,
-    expected: float,
-    stderr: list[str],
-    timeout: float,
-) -> VideoInfo:
-    """Probe the encoded file: h264 yuv420p, the fps, frames > 0, no rotation, short side N, not cut short."""
-    try:
-        out = probe_video_fast(path, count_frames=True, timeout=timeout)
-    except ProbeError as exc:
-        if window is not None and ("no video stream" in exc.reason or "no frames" in exc.reason):
-            raise ItemFailure(
-                "trim",
-                f"no frames in the trim window [{_num(window[0])}, {_num(window[1])}] s "
-                f"(video duration {_num(src.duration)} s)",
-            ) from None
-        raise ItemFailure("verify", f"re-encoded file is unreadable: {exc.reason}") from None
-    problems = []
-    if out.codec != "h264":
-        problems.append(f"codec {out.codec}, expected h264")
-    if out.pix_fmt != "yuv420p":
-        problems.append(f"pixel format {out.pix_fmt}, expected yuv420p")
-    if not math.isclose(out.fps, cfg.fps, rel_tol=1e-4):
-        problems.append(f"fps {out.fps:g}, expected {cfg.fps:g}")
-    if out.rotation != 0:
-        problems.append(f"rotation {out.rotation}, expected 0")
-    if min(out.width, out.height) != cfg.short_side:
-        problems.append(f"size {out.width}x{out.height}, expected short side {cfg.short_side}")
-    if problems:
-        raise ItemFailure("verify", "re-encoded file is wrong: " + "; ".join(problems))
-    # A source whose index is intact but whose data is cut short (truncated download) decodes to less video
-    # than it declares; ffmpeg still exits 0. Tolerance: 10% or 0.5 s, whichever is larger.
-    got = out.frames / cfg.fps
-    if got < expected - max(0.5, 0.1 * expected):
-        detail = " | ".join(dict.fromkeys(ln for ln in stderr if any(w in ln.lower() for w in _ERROR_WORDS)))
-        raise ItemFailure(
-            "truncated",
-            f"truncated or corrupt source: decoded {got:.2f} s of the {expected:.2f} s it declares"
-            + (f" ({detail})" if detail else ""),
-        )
-    return out
-
-
-def _encode_image(src: Path, final: Path, cfg: DatasetConfig, rcfg: ReencodeConfig) -> dict:
-    """PIL: EXIF orientation, RGB, short side N (bicubic), JPEG at ``jpeg_quality``; written atomically."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    if src.stat().st_size == 0:
-        raise ItemFailure("unreadable", "zero-byte file")
-    try:
-        with Image.open(src) as img:
-            source_format, source_mode = img.format or "unknown", img.mode
-            if max(img.size) > rcfg.max_side:
-                w, h = img.size
-                raise ItemFailure(
-                    "cap", f"resolution {w}x{h} is over the cap of {rcfg.max_side} pixels (max_side)"
-                )
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-                rgba = img.convert("RGBA")
-                img = Image.new("RGB", rgba.size, (255, 255, 255))
-                img.paste(rgba, mask=rgba.getchannel("A"))
-            else:
-                img = img.convert("RGB")
-            w, h = img.size
-            if min(w, h) < 1:
-                raise ItemFailure("unreadable", f"image has no pixels ({w}x{h})")
-            n = cfg.short_side
-            size = (n, max(1, round(h * n / w))) if w <= h else (max(1, round(w * n / h)), n)
-            out = img.resize(size, Image.Resampling.BICUBIC)
-    except UnidentifiedImageError:
-        raise ItemFailure("unreadable", "not an image file (Pillow cannot identify it)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise ItemFailure("unreadable", f"unreadable image: {exc}") from None
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary(final)
-    try:
-        out.save(tmp, format="JPEG", quality=rcfg.jpeg_quality)
-        os.replace(tmp, final)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    media = {"fps": None, "frames": 1, "duration": None, "width": size[0], "height": size[1]}
-    quality = {
-        "source_format": source_format,
-        "source_mode": source_mode,
-        "source_width": w,
-        "source_height": h,
-    }
-    return {"media": media, "quality": quality}
-
-
 def process_item(item: Item, cfg: DatasetConfig, rcfg: ReencodeConfig, raw: str, out: str) -> dict:
     """Re-encode one item (or reuse its output). Never raises for a bad input.
 
@@ -549,7 +279,7 @@ def process_item(item: Item, cfg: DatasetConfig, rcfg: ReencodeConfig, raw: str,
     final = out_path / rel
     sidecar = final.with_name(final.name + SIDECAR_SUFFIX)
     base = {"id": item.id, "split": item.split, "source": item.source}
-    windowed = not cfg.is_image and _window(item, cfg) is not None
+    windowed = not cfg.is_image and trim_window(item, cfg) is not None
     try:
         src = _source_path(item, raw_path)
         if not src.is_file():
@@ -566,7 +296,7 @@ def process_item(item: Item, cfg: DatasetConfig, rcfg: ReencodeConfig, raw: str,
                 **_result(record),
             }
         made = (
-            _encode_image(src, final, cfg, rcfg)
+            encode_image(src, final, cfg, rcfg)
             if cfg.is_image
             else _encode_video(item, src, final, cfg, rcfg)
         )
@@ -644,7 +374,7 @@ def _check_trimmed(
     name: str, items: Sequence[Item], cfg: DatasetConfig, rcfg: ReencodeConfig, raw: Path
 ) -> None:
     """Probe a few windows before encoding: if most start past their file's end, the files are clips."""
-    sample = [it for it in items if _window(it, cfg) is not None][:TRIM_CHECK_SAMPLE]
+    sample = [it for it in items if trim_window(it, cfg) is not None][:TRIM_CHECK_SAMPLE]
     past, probed = _count_past_end(sample, cfg, rcfg, raw)
     if probed and past * 2 > probed:
         raise TrimmedMismatchError(_trimmed_message(name, past, probed))
@@ -665,7 +395,7 @@ def _count_past_end(
         except (ItemFailure, ProbeError):
             continue
         probed += 1
-        window = _window(it, cfg)
+        window = trim_window(it, cfg)
         past += window is not None and window[0] >= info.duration
     return past, probed
 
