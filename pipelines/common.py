@@ -202,10 +202,6 @@ def stage_lock(out: str | os.PathLike, stage: str) -> Iterator[Path]:
         os.close(fd)  # releases the flock
 
 
-class DataStageError(RuntimeError):
-    """A data stage's result is not usable (a split with no usable item, or over the failure budget)."""
-
-
 def budget_problem(counts: dict[str, tuple[int, int]], budget: float, what: str = "items") -> str | None:
     """The one-line reason a data stage fails, or ``None`` when every split is usable.
 
