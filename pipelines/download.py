@@ -89,12 +89,16 @@ __all__ = [
     "DownloadError",
     "TransientError",
     "UnsafeArchiveError",
+    "dedupe_http",
     "download_flow",
+    "failure_cause",
     "fetch_url",
     "main",
+    "partial_dir",
     "run",
     "run_flow",
     "safe_extract",
+    "summary_screen",
 ]
 
 DOWNLOADS = ".downloads"  # per-URL completion records, inside the output folder

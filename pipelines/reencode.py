@@ -118,6 +118,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "SIDECAR_VERSION",
     "TrimmedMismatchError",
+    "crash_rows",
     "encode_spec",
     "ffmpeg_command",
     "main",
@@ -129,6 +130,7 @@ __all__ = [
     "run_flow",
     "safe_name",
     "scale_filter",
+    "summary_screen",
 ]
 
 VIDEO_SUFFIX = ".mp4"
