@@ -632,3 +632,25 @@ def test_a_second_run_on_the_same_out_fails_and_leaves_the_first_runs_temporarie
         holder.wait()
     result = reencode_items("kinetics", items, ["l"], kinetics_cfg(), RCFG, kinetics_raw, out)
     assert (result["ok"], result["stale_temporaries"]) == (1, 1) and not live.exists()  # now it is stale
+
+
+def test_a_crashed_chunk_on_the_thread_pool_is_its_items_failure(kinetics_raw, tmp_path, monkeypatch):
+    from pipelines import reencode
+
+    call = reencode._ChunkFn.__call__
+
+    def crashing(self, chunk):
+        if chunk[0].id == "b":
+            raise MemoryError("out of memory")
+        return call(self, chunk)
+
+    monkeypatch.setattr(reencode._ChunkFn, "__call__", crashing)
+    items = [
+        Item(id="a", split="train", source="-dash000001.mp4", label=0),
+        Item(id="b", split="train", source="_under00001.mp4", label=0),
+    ]
+    result = reencode_items("kinetics", items, ["l"], kinetics_cfg(), RCFG, kinetics_raw, tmp_path)
+    assert (result["ok"], result["failed"], result["failures_by_kind"]) == (1, 1, {"crash": 1})
+    assert [(f["id"], f["reason"]) for f in read_jsonl(tmp_path / "failures.jsonl")] == [
+        ("b", "the task crashed: MemoryError: out of memory")
+    ]
