@@ -564,6 +564,13 @@ def test_annotation_urls_must_be_http_naming_the_key():
         DatasetConfig(format="kinetics", source="http", uri=("ftp://x/y.tar",))
 
 
+def test_budget_and_cap_params_are_checked():
+    with pytest.raises(ConfigError, match=r"^failure_budget: must be a fraction in \[0, 1\], got 1.5$"):
+        DatasetConfig(format="kinetics", failure_budget=1.5)
+    with pytest.raises(ConfigError, match=r"^max_archive_members: must be >= 1, got 0$"):
+        DatasetConfig(format="kinetics", max_archive_members=0)
+
+
 def test_a_redirect_to_another_scheme_is_refused(server: Server, tmp_path: Path):
     server.redirects["/ann/train.csv"] = "ftp://127.0.0.1/train.csv"
     server.redirects["/ok.csv"] = "/real.csv"  # http -> http is followed

@@ -119,9 +119,9 @@ class DatasetConfig:
         for i, url in enumerate(self.annotations):
             check(_is_http(url), f"annotations[{i}]", f"must be an http(s) URL, got {url!r}")
         check(
-            0.0 <= self.failure_budget < 1.0,
+            0.0 <= self.failure_budget <= 1.0,
             "failure_budget",
-            f"must be a fraction in [0, 1), got {self.failure_budget}",
+            f"must be a fraction in [0, 1], got {self.failure_budget}",
         )
         check(
             self.max_archive_members >= 1,
