@@ -3,8 +3,8 @@
 Two probes give the same :class:`VideoInfo` for a good file:
 - :func:`probe_video` runs ffprobe (a subprocess, killed after ``timeout`` seconds): the authoritative answer
   and the reason for a bad file;
-- :func:`probe_video_fast` reads the header in-process with PyAV (no process launch: ~2-5 ms instead of
-  ~50 ms) and hands anything unusual (an error, no video stream, no frame count, no duration) to
+- :func:`probe_video_fast` reads the header with PyAV in a long-lived helper process (no process launch per
+  file: a few ms instead of ~50 ms; a crash or hang stays in the helper) and hands anything unusual (an error, no video stream, no frame count, no duration) to
   :func:`probe_video`, so a bad file gets ffprobe's reason word for word. It refuses a frame larger than
   ``max_side`` before decoding anything (:class:`MediaCapError`).
 
@@ -32,7 +32,15 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MediaCapError", "ProbeError", "VideoInfo", "parse_rate", "probe_video", "probe_video_fast"]
+__all__ = [
+    "MediaCapError",
+    "ProbeError",
+    "VideoInfo",
+    "parse_rate",
+    "probe_video",
+    "probe_video_fast",
+    "pyav_info",
+]
 
 PROBE_TIMEOUT = 30.0  # seconds, default for one probe
 
@@ -239,8 +247,9 @@ def _count_packets(path: Path, index: int, timeout: float) -> int:
     return int(_float(streams[0].get("nb_read_packets")) or 0) if streams else 0
 
 
-def _pyav_info(path: Path, timeout: float, max_side: int | None) -> VideoInfo | None:
-    """The first video stream read with PyAV, or ``None`` when anything is unusual (ffprobe then decides)."""
+def pyav_info(path: Path, timeout: float, max_side: int | None) -> VideoInfo | None:
+    """The first video stream read with PyAV in this process, or ``None`` when anything is unusual (ffprobe
+    then decides). :func:`probe_video_fast` runs it in a helper process (:mod:`pipelines.probe`)."""
     import av
 
     try:
@@ -299,11 +308,13 @@ def probe_video_fast(
     timeout: float = PROBE_TIMEOUT,
     max_side: int | None = None,
 ) -> VideoInfo:
-    """:func:`probe_video`'s answer for ``path``, read in-process with PyAV when the file is ordinary.
+    """:func:`probe_video`'s answer for ``path``, read with PyAV in a long-lived helper process when the file
+    is ordinary (:mod:`pipelines.probe`: no process launch per file, and a crash or hang on a hostile file
+    stays in the helper).
 
     A file that PyAV cannot open, or whose stream lacks a size, rate, duration or (with ``count_frames``)
-    a stored frame count, is probed with ffprobe instead, so errors and counted frames are ffprobe's.
-    PyAV's reads are interrupted after ``timeout`` seconds.
+    a stored frame count, or on which the helper died, is probed with ffprobe instead, so errors and
+    counted frames are ffprobe's. A helper that takes longer than ``timeout`` seconds is killed.
 
     Raises:
         MediaCapError: the frame is larger than ``max_side`` pixels on a side (checked before any decoding).
@@ -311,7 +322,9 @@ def probe_video_fast(
     """
     path = Path(path).absolute()
     _check_file(path)
-    info = _pyav_info(path, timeout, max_side)
+    from pipelines.probe import probe_in_helper
+
+    info = probe_in_helper(path, timeout, max_side)
     if info is not None and (info.frames > 0 or not count_frames):
         return info
     info = probe_video(path, count_frames=count_frames, timeout=timeout)

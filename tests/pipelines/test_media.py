@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -128,3 +129,55 @@ def test_ffprobe_is_killed_after_its_timeout(media, tmp_path, monkeypatch):
         probe_video(media / "good.mp4", timeout=0.5)
     assert exc.value.reason == "ffprobe took longer than 0.5 s (probe_timeout_s)"
     assert time.monotonic() - t0 < 10
+
+
+def test_fast_probe_runs_in_a_helper_process_that_is_reused(media):
+    from pipelines import probe
+
+    probe._close_all()
+    probe_video_fast(media / "good.mp4")
+    [helper] = probe._idle
+    assert helper.proc.pid != os.getpid() and helper.proc.poll() is None
+    probe_video_fast(media / "rotated.mp4")
+    assert probe._idle == [helper]  # the same process answered again
+
+
+def test_a_crashed_helper_is_replaced_and_the_file_goes_to_ffprobe(media):
+    """A helper that dies (as on a file that crashes the demuxer) costs that file a fallback, not the stage."""
+    from pipelines import probe
+
+    probe._close_all()
+    probe_video_fast(media / "good.mp4")
+    [helper] = probe._idle
+    helper.proc.kill()  # it dies; the next probe takes it, finds it dead and starts a new one
+    helper.proc.wait()
+    assert probe_video_fast(media / "good.mp4") == probe_video(media / "good.mp4")
+    [fresh] = probe._idle
+    assert fresh is not helper and fresh.proc.poll() is None
+    crashing = probe._take()  # now one dies in the middle of a request: the answer is "ask ffprobe"
+    fifo = media / "blocks.fifo"
+    os.mkfifo(fifo)  # opening a FIFO without a writer blocks the helper
+    try:
+        threading.Timer(0.5, crashing.proc.kill).start()
+        probe._give_back(crashing)
+        assert probe.probe_in_helper(fifo, 30.0, None) is None
+    finally:
+        fifo.unlink()
+    assert probe._idle == []
+
+
+def test_a_hung_helper_is_killed_after_the_timeout(media):
+    from pipelines import probe
+
+    probe._close_all()
+    fifo = media / "hangs.fifo"
+    os.mkfifo(fifo)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(ProbeError) as exc:
+            probe.probe_in_helper(fifo, 0.5, None)
+        assert time.monotonic() - t0 < 10
+    finally:
+        fifo.unlink()
+    assert exc.value.reason == "probe took longer than 0.5 s (probe_timeout_s)"
+    assert probe._idle == []  # the hung helper was killed, not kept
