@@ -208,8 +208,8 @@ def run_ffmpeg(spec, src: Path, tmp: Path, timeout: float) -> list[str]:
 
 
 def probe_source(src: Path, rcfg: ReencodeConfig) -> VideoInfo:
-    """Probe the source (in-process with PyAV; ffprobe, with a timeout, for a file PyAV finds unusual, which
-    then gets ffprobe's reason). A frame over ``rcfg.max_side`` fails with kind ``cap`` before any decoding."""
+    """Probe the source (PyAV in a helper process; ffprobe, with a timeout, for a file PyAV finds unusual,
+    which then gets ffprobe's reason). A frame over ``rcfg.max_side`` fails with kind ``cap`` before any decoding."""
     try:
         return probe_video_fast(src, count_frames=False, timeout=rcfg.probe_timeout_s, max_side=rcfg.max_side)
     except MediaCapError as exc:

@@ -35,9 +35,10 @@ built with ffmpeg-python by :func:`pipelines.encode.encode_spec`; :func:`ffmpeg_
 benchmark). ffmpeg-python writes each file's options in sorted order, and ``-nostdin`` after the output;
 ffmpeg applies per-file options to the next file whatever their order, so this is the pinned command
 (a test checks that the pinned order gives identical bytes). The source is probed before and the output
-after (h264, yuv420p, the fps, frames > 0, the short side, no rotation), in-process with PyAV
-(:func:`pipelines.media.probe_video_fast`; ffprobe, with a timeout, only for a file PyAV finds unusual, so
-a bad file gets ffprobe's reason). The temporary is
+after (h264, yuv420p, the fps, frames > 0, the short side, no rotation) with PyAV in a reused helper
+process (:func:`pipelines.media.probe_video_fast`, :mod:`pipelines.probe`: no launch per file, and a crash
+or hang stays in the helper); ffprobe, with a timeout, only for a file PyAV finds unusual, so a bad file
+gets ffprobe's reason. The temporary is
 ``.<name>.tmp-<uuid>.mp4`` beside the output (the ``.mp4`` suffix lets ffmpeg pick the muxer, so the
 pinned command needs no ``-f``), renamed when verified.
 
