@@ -339,3 +339,101 @@ def write_failures_by_kind(folder: str | os.PathLike, failed: Iterable[Mapping[s
     path = Path(folder) / "failures_by_kind.json"
     write_json_atomic(path, [{"kind": k, "count": n} for k, n in sorted(counts.items())])
     return path
+
+
+# ------------------------------------------------------------------------------------ data-stage helpers
+class StageLockedError(RuntimeError):
+    """Another run of the same stage holds the lock of this output folder; the message names both."""
+
+
+def lock_path(out: str | os.PathLike) -> Path:
+    """The lock file of an output folder: ``<parent>/.<name>.lock``, beside the out (never inside it)."""
+    out = Path(out).absolute()
+    return out.with_name(f".{out.name}.lock")
+
+
+@contextlib.contextmanager
+def stage_lock(out: str | os.PathLike, stage: str) -> Iterator[Path]:
+    """Hold an exclusive lock on output folder ``out`` for the body (one run of one stage at a time).
+
+    A second run of the stage on the same out does not wait: it fails at once with
+    :class:`StageLockedError`, naming the lock file and the holder's pid, before it touches the folder
+    (so it never removes the first run's live temporaries). The lock is an ``flock`` on
+    ``<parent>/.<name>.lock``: the kernel drops it when the holder exits, killed or not, so a stale lock
+    file from a killed run does not block the next one.
+    """
+    import fcntl
+
+    path = lock_path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "unknown"
+            raise StageLockedError(
+                f"{stage}: {Path(out)} is in use by another {stage} run ({holder}; lock {path}); "
+                "wait for it to finish, then run again"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
+        yield path
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def budget_problem(counts: dict[str, tuple[int, int]], budget: float, what: str = "items") -> str | None:
+    """The one-line reason a data stage fails, or ``None`` when every split is usable.
+
+    Args:
+        counts: per split (or ``"all"``), ``(items in, items failed)``.
+        budget: the fraction of a split's items allowed to fail (``datasets.<ds>.failure_budget``).
+        what: the noun in the message (``items``, ``clips``, ``manifest rows``).
+
+    A split fails when it has no item, when every item failed, or when more than ``budget`` of them did.
+    """
+    for split, (n_in, n_failed) in counts.items():
+        if n_in == 0:
+            return f"split {split!r}: no {what} to process"
+        if n_failed >= n_in:
+            return f"split {split!r}: no usable {what} (all {n_in} failed; see failures.jsonl)"
+        if n_failed > budget * n_in:
+            return (
+                f"split {split!r}: {n_failed} of {n_in} {what} failed ({100 * n_failed / n_in:.1f}%), "
+                f"over failure_budget {budget:g} (see failures.jsonl)"
+            )
+    return None
+
+
+def format_stage_summary(
+    title: str,
+    splits: dict[str, dict[str, int]],
+    failed_by_reason: dict[str, int],
+    verdict: str | None = None,
+) -> str:
+    """A one-screen summary of a data stage: per split items in, ok, failed, reused; failures by reason.
+
+    Args:
+        title: e.g. ``"reencode kinetics"``.
+        splits: per split ``{"in", "ok", "failed", "reused"}`` (missing keys print as 0).
+        failed_by_reason: failure count per reason kind (the ten largest are shown).
+        verdict: the budget problem (:func:`budget_problem`), or ``None`` for "ok".
+    """
+    lines = [f"== {title} ==", f"{'split':<12}{'in':>9}{'ok':>9}{'failed':>9}{'reused':>9}"]
+    total = dict.fromkeys(("in", "ok", "failed", "reused"), 0)
+    for split, row in splits.items():
+        lines.append(f"{split:<12}" + "".join(f"{row.get(k, 0):>9}" for k in total))
+        for k in total:
+            total[k] += row.get(k, 0)
+    if len(splits) > 1:
+        lines.append(f"{'total':<12}" + "".join(f"{total[k]:>9}" for k in total))
+    if failed_by_reason:
+        lines.append("failed by reason:")
+        ranked = sorted(failed_by_reason.items(), key=lambda kv: (-kv[1], kv[0]))
+        for reason, n in ranked[:10]:
+            lines.append(f"  {n:>7}  {reason}")
+        if len(ranked) > 10:
+            lines.append(f"  {sum(n for _, n in ranked[10:]):>7}  ({len(ranked) - 10} other reasons)")
+    lines.append(f"result: {'FAILED: ' + verdict if verdict else 'ok'}")
+    return "\n".join(lines)

@@ -9,21 +9,29 @@ Sources (``datasets.<ds>.source``):
 - ``local``: every file of the folder ``uri[0]`` is hard-linked (or copied, across filesystems) into the
   output under the same relative path. A file whose target has the same inode, or the same size and mtime, is
   complete and skipped.
-- ``http``: each URL of ``annotations`` and ``uri`` is one item. It downloads to ``.downloads/.<key>.part``
-  with ``urllib``, resuming with an HTTP ``Range`` request after a dropped connection (this run's retries
-  or the next run), checks the size (``Content-Length`` / ``Content-Range``) and the sha256 when params give
-  one (``sha256[i]``, ``''`` = unknown). Archives (``.tar``, ``.tar.gz``/``.tgz``, ``.tar.bz2``,
-  ``.tar.xz``, ``.zip``) are extracted into the output after every member has been checked: a member that
-  escapes the folder (absolute, ``..``), a symbolic link, a hard link, a device or a FIFO refuses the whole
-  archive, naming the member. Other files are stored as ``<out>/<file name>``. ``.downloads/<key>.json``
-  records the URL, byte count, sha256 and the files written; a rerun skips an item whose record matches.
+- ``http``: each URL of ``annotations`` and ``uri`` is one item (a URL listed twice is one item; two URLs
+  whose files would have the same name: the second fails, naming the first). It downloads with ``urllib``
+  to ``<key>.part`` (``<key>`` = ``<sha1(url)[:12]>-<file name>``) in the partial folder
+  ``<out parent>/.partial/<out name>/``, *outside* the out: DVC never caches or links a partial file, so
+  resuming (an HTTP ``Range`` request after a dropped connection: this run's retries or the next run) never
+  appends to a file DVC owns; a partial that is a link, or has other hard links, is started over. Only
+  http(s) URLs are accepted, redirects included. It checks the size (``Content-Length`` /
+  ``Content-Range``) and the sha256 when params give one (``sha256[i]``, ``''`` = unknown). Archives
+  (``.tar``, ``.tar.gz``/``.tgz``, ``.tar.bz2``, ``.tar.xz``, ``.zip``) are extracted into the output after
+  every member has been checked: a member that escapes the folder (absolute, ``..``), a symbolic link, a
+  hard link, a device or a FIFO refuses the whole archive, naming the member, and so do more members than
+  ``max_archive_members`` or more bytes than ``max_extract_bytes``. Other files are stored as
+  ``<out>/<file name>``. ``.downloads/<key>.json`` records the URL, byte count, sha256 and the files
+  written; a rerun skips an item whose record matches.
 - ``youtube``: (Kinetics) the annotation CSVs come from ``annotations`` (http), then each clip whose video is
   not on disk is fetched with yt-dlp (the optional extra ``pip install 'tubevit[youtube]'``) as the full
   video ``<out>/<split>/<youtube_id>.<ext>`` (``trimmed: false``: reencode cuts the window). yt-dlp's errors
   become failures with its message; an item counts as ok only when its file exists.
 
 Every item ends ok or in ``failures.jsonl`` (``id``, ``reason``, ``source``); ``summary.json`` holds the counts
-(``items = ok + failed``). Network errors (refused, reset, timed out, incomplete body, HTTP 408/429/5xx) are
+(``items = ok + failed``). The command prints a one-screen summary and exits 1 with a one-line reason when no
+item succeeded or more than ``datasets.<ds>.failure_budget`` of them failed. One run at a time per out
+(:func:`pipelines.common.stage_lock`): a second run fails at start. Network errors (refused, reset, timed out, incomplete body, HTTP 408/429/5xx) are
 retried (``retries`` times, with resume); 4xx, checksum and unsafe-archive errors are final.
 The Prefect flow :func:`download_flow` runs one task per item (http and youtube tasks retry).
 """
@@ -32,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import hashlib
 import http.client
 import json
@@ -57,13 +66,18 @@ from prefect.cache_policies import NO_CACHE
 
 from pipelines.common import (
     Outcomes,
+    StageLockedError,
     add_no_flow_flag,
     atomic_path,
+    budget_problem,
+    format_stage_summary,
     publish_result,
     read_json,
+    read_jsonl,
     remove_stale_temporaries,
     run_name,
     sha256_file,
+    stage_lock,
     task_runner,
     usage_examples,
     write_json_atomic,
@@ -75,18 +89,24 @@ from tubevit.config.data import DatasetConfig
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "CapError",
     "DownloadError",
     "TransientError",
     "UnsafeArchiveError",
+    "dedupe_http",
     "download_flow",
+    "failure_cause",
     "fetch_url",
     "main",
+    "partial_dir",
     "run",
     "run_flow",
     "safe_extract",
+    "summary_screen",
 ]
 
-DOWNLOADS = ".downloads"  # per-URL records and partial files, inside the output folder
+DOWNLOADS = ".downloads"  # per-URL completion records, inside the output folder
+PARTIAL = ".partial"  # <out parent>/.partial/<out name>/: partial downloads, outside the out
 SYNTHETIC_RECORD = ".synthetic.json"
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".zip")
 CHUNK = 1 << 16
@@ -104,6 +124,29 @@ class TransientError(DownloadError):
 
 class UnsafeArchiveError(DownloadError):
     """An archive member escapes the target folder or is a link or device; nothing was extracted."""
+
+
+class CapError(DownloadError):
+    """An archive is over a cap (members, extracted bytes); nothing was extracted."""
+
+
+def partial_dir(out: str | os.PathLike) -> Path:
+    """Where the stage keeps partial downloads of ``out``: ``<parent>/.partial/<name>``, beside the out."""
+    out = Path(out).absolute()
+    return out.parent / PARTIAL / out.name
+
+
+class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow redirects to http(s) only (urllib's default also follows ``ftp://``)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        scheme = urllib.parse.urlparse(urllib.parse.urljoin(req.full_url, newurl)).scheme.lower()
+        if scheme not in ("http", "https"):
+            raise DownloadError(f"{req.full_url}: redirect to {newurl!r} refused (only http(s) is followed)")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_HttpOnlyRedirects)
 
 
 # ---------------------------------------------------------------------------------------------------- http
@@ -133,11 +176,29 @@ def _content_range_total(value: str | None) -> tuple[int | None, int | None]:
     return int(match.group(1)), None if match.group(2) == "*" else int(match.group(2))
 
 
-def fetch_url(url: str, dest: Path, *, sha256: str = "", timeout: float = 30.0) -> dict[str, Any]:
-    """Download ``url`` to ``dest`` atomically, resuming a partial ``.<dest name>.part`` with HTTP Range.
+def _move_into(part: Path, dest: Path) -> None:
+    """Rename the finished ``part`` onto ``dest`` (copy to a temporary beside ``dest`` across filesystems)."""
+    try:
+        os.replace(part, dest)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        with atomic_path(dest) as tmp:
+            shutil.copyfile(part, tmp)
+        part.unlink()
+
+
+def fetch_url(
+    url: str, dest: Path, *, sha256: str = "", timeout: float = 30.0, part: Path | None = None
+) -> dict[str, Any]:
+    """Download ``url`` to ``dest`` atomically, resuming the partial file ``part`` with HTTP Range.
 
     The size is checked against ``Content-Length`` (or the total of ``Content-Range``) and the sha256
-    against ``sha256`` when given; a mismatch deletes the partial file.
+    against ``sha256`` when given; a mismatch deletes the partial file. ``part`` defaults to
+    ``.<dest name>.part`` beside ``dest``; the stage passes one outside its DVC out (:func:`partial_dir`).
+    A partial file is only appended to while it is this stage's own: one that is a symbolic link or has
+    other hard links (a cache may own its bytes) is deleted and the download starts over. Only http(s)
+    URLs are fetched, and only http(s) redirects followed.
 
     Returns:
         ``{"url", "bytes", "sha256", "resumed_from"}`` (``resumed_from``: bytes already on disk, 0 if none).
@@ -145,18 +206,24 @@ def fetch_url(url: str, dest: Path, *, sha256: str = "", timeout: float = 30.0) 
     Raises:
         TransientError: the server cannot be reached, the connection dropped (the partial file is kept
             for the next try), or HTTP 408/429/5xx.
-        DownloadError: HTTP 4xx, a size or checksum mismatch. Every message names the URL.
+        DownloadError: HTTP 4xx, a size or checksum mismatch, a non-http(s) URL or redirect. Every message
+            names the URL.
     """
+    if urllib.parse.urlparse(url).scheme.lower() not in ("http", "https"):
+        raise DownloadError(f"{url}: only http(s) URLs are downloaded")
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(f".{dest.name}.part")
+    part = Path(part) if part is not None else dest.with_name(f".{dest.name}.part")
+    part.parent.mkdir(parents=True, exist_ok=True)
+    if part.is_symlink() or (part.exists() and part.stat().st_nlink > 1):
+        part.unlink()  # never append to bytes that something else links to
     have = part.stat().st_size if part.exists() else 0
     headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
     if have:
         headers["Range"] = f"bytes={have}-"
     request = urllib.request.Request(url, headers=headers)
     try:
-        response = urllib.request.urlopen(request, timeout=timeout)
+        response = _OPENER.open(request, timeout=timeout)
     except urllib.error.HTTPError as exc:
         exc.close()
         if exc.code == 416 and have:  # the range starts at or past the end: start again
@@ -198,7 +265,7 @@ def fetch_url(url: str, dest: Path, *, sha256: str = "", timeout: float = 30.0) 
     if sha256 and digest != sha256.lower():
         part.unlink()
         raise DownloadError(f"{url}: sha256 mismatch: expected {sha256.lower()}, got {digest}")
-    os.replace(part, dest)
+    _move_into(part, dest)
     return {"url": url, "bytes": size, "sha256": digest, "resumed_from": have}
 
 
@@ -212,9 +279,29 @@ def _member_problem(name: str) -> str | None:
     return None
 
 
-def _check_tar(archive: Path, label: str) -> list[tarfile.TarInfo]:
+def _check_caps(label: str, count: int, total: int, max_members: int | None, max_bytes: int | None) -> None:
+    if max_members is not None and count > max_members:
+        raise CapError(
+            f"{label}: {count} members, over the cap of {max_members} (max_archive_members); "
+            "nothing was extracted"
+        )
+    if max_bytes is not None and total > max_bytes:
+        raise CapError(
+            f"{label}: {total} bytes to extract, over the cap of {max_bytes} (max_extract_bytes); "
+            "nothing was extracted"
+        )
+
+
+def _check_tar(
+    archive: Path, label: str, max_members: int | None = None, max_bytes: int | None = None
+) -> list[tarfile.TarInfo]:
+    members = []
+    total = 0
     with tarfile.open(archive, "r:*") as tf:
-        members = tf.getmembers()
+        for m in tf:  # counted while listing: a hostile archive stops at the cap, not at the end
+            members.append(m)
+            total += m.size if m.isfile() else 0
+            _check_caps(label, len(members), total, max_members, max_bytes)
     for m in members:
         problem = _member_problem(m.name)
         if problem is None:
@@ -233,9 +320,13 @@ def _check_tar(archive: Path, label: str) -> list[tarfile.TarInfo]:
     return members
 
 
-def _check_zip(archive: Path, label: str) -> None:
+def _check_zip(
+    archive: Path, label: str, max_members: int | None = None, max_bytes: int | None = None
+) -> None:
     with zipfile.ZipFile(archive) as zf:
-        for info in zf.infolist():
+        infos = zf.infolist()
+        _check_caps(label, len(infos), sum(i.file_size for i in infos), max_members, max_bytes)
+        for info in infos:
             problem = _member_problem(info.filename)
             mode = info.external_attr >> 16
             if problem is None and mode:
@@ -251,8 +342,18 @@ def _check_zip(archive: Path, label: str) -> None:
                 )
 
 
-def safe_extract(archive: Path, dest: Path, label: str | None = None) -> list[str]:
+def safe_extract(
+    archive: Path,
+    dest: Path,
+    label: str | None = None,
+    *,
+    max_members: int | None = None,
+    max_bytes: int | None = None,
+) -> list[str]:
     """Extract a tar (any compression) or zip ``archive`` into ``dest`` after checking every member.
+
+    ``max_members`` and ``max_bytes`` cap the member count and the bytes the files declare (tar and zip
+    write exactly the declared sizes); ``None`` = no cap.
 
     Members are extracted into a staging folder inside ``dest`` and then renamed into place, so ``dest`` never
     holds a half-extracted file.
@@ -263,16 +364,17 @@ def safe_extract(archive: Path, dest: Path, label: str | None = None) -> list[st
     Raises:
         UnsafeArchiveError: a member is absolute, contains ``..``, or is a symbolic link, hard link, device
             or FIFO; the message names the archive (``label``) and the member. Nothing is extracted.
+        CapError: more members or bytes than the caps. Nothing is extracted.
         DownloadError: the file is not a readable archive.
     """
     archive, dest = Path(archive), Path(dest)
     label = label or str(archive)
     try:
         if zipfile.is_zipfile(archive):
-            _check_zip(archive, label)
+            _check_zip(archive, label, max_members, max_bytes)
             kind = "zip"
         else:
-            _check_tar(archive, label)
+            _check_tar(archive, label, max_members, max_bytes)
             kind = "tar"
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
         raise DownloadError(f"{label}: not a readable archive ({exc})") from None
@@ -309,6 +411,14 @@ class Job:
     dest: str = ""  # youtube: the output file stem, relative to out (``<split>/<youtube_id>``)
 
 
+@dataclass(frozen=True)
+class Limits:
+    """Caps on untrusted archives (``datasets.<ds>.max_archive_members`` / ``max_extract_bytes``)."""
+
+    max_members: int | None = None
+    max_bytes: int | None = None
+
+
 def _http_record_path(out: Path, url: str) -> Path:
     return out / DOWNLOADS / f"{_url_key(url)}.json"
 
@@ -326,20 +436,28 @@ def _http_complete(out: Path, job: Job) -> bool:
     return all((out / rel).is_file() for rel in record.get("files", []))
 
 
-def http_item(job: Job, out: Path) -> dict[str, Any]:
-    """Download (and extract) one URL into ``out``; skip it when its record says it is complete."""
+def http_item(job: Job, out: Path, limits: Limits = Limits()) -> dict[str, Any]:
+    """Download (and extract) one URL into ``out``; skip it when its record says it is complete.
+
+    The partial file is ``<partial_dir(out)>/<url key>.part`` (outside ``out``); an archive is fetched
+    there too and extracted into ``out`` within ``limits``.
+    """
     if _http_complete(out, job):
         return {"id": job.id, "status": "skipped"}
     name = _url_name(job.source)
+    key = _url_key(job.source)
+    part = partial_dir(out) / f"{key}.part"
     if is_archive(name):
-        archive = out / DOWNLOADS / _url_key(job.source)
-        info = fetch_url(job.source, archive, sha256=job.sha256)
+        archive = partial_dir(out) / key
+        info = fetch_url(job.source, archive, sha256=job.sha256, part=part)
         try:
-            files = safe_extract(archive, out, label=job.source)
+            files = safe_extract(
+                archive, out, label=job.source, max_members=limits.max_members, max_bytes=limits.max_bytes
+            )
         finally:
             archive.unlink(missing_ok=True)  # the record keeps its size and sha256
     else:
-        info = fetch_url(job.source, out / name, sha256=job.sha256)
+        info = fetch_url(job.source, out / name, sha256=job.sha256, part=part)
         files = [name]
     write_json_atomic(_http_record_path(out, job.source), {**info, "files": files})
     return {"id": job.id, "status": "downloaded", "bytes": info["bytes"], "files": len(files)}
@@ -470,8 +588,12 @@ def _thread_map(workers: int) -> Mapper:
     return mapper
 
 
-def _execute(jobs: Sequence[Job], out: Path, mapper: Mapper, outcomes: Outcomes) -> None:
+def _execute(
+    jobs: Sequence[Job], out: Path, mapper: Mapper, outcomes: Outcomes, limits: Limits = Limits()
+) -> None:
     def fn(job: Job) -> dict:
+        if job.kind == "http":
+            return http_item(job, out, limits)
         return WORKERS[job.kind](job, out)
 
     results = mapper(fn, list(jobs))
@@ -493,6 +615,38 @@ def _http_jobs(urls: Sequence[str], sha256: Sequence[str] = ()) -> list[Job]:
     return [Job(id=url, kind="http", source=url, sha256=s) for url, s in zip(urls, sums, strict=True)]
 
 
+def dedupe_http(jobs: Sequence[Job], outcomes: Outcomes) -> list[Job]:
+    """One job per URL, and one URL per stored file name.
+
+    A URL listed twice (annotations and uri, or twice in uri) runs once (with the first non-empty sha256).
+    A second URL whose file (not an archive) would have the same name as an earlier one's fails, naming
+    both: the two would overwrite each other in ``<out>/<name>``.
+    """
+    by_url: dict[str, Job] = {}
+    for job in jobs:
+        first = by_url.get(job.source)
+        if first is None or (not first.sha256 and job.sha256):
+            by_url[job.source] = job
+    keep, names = [], {}
+    for job in by_url.values():
+        try:
+            name = _url_name(job.source)
+        except DownloadError:
+            keep.append(job)  # fails in its own run, with its reason
+            continue
+        if not is_archive(name) and name in names:
+            outcomes.add_failure(
+                job.id,
+                f"{job.source}: file name {name!r} is also the file of {names[name]}; rename or drop one",
+                source=job.source,
+                kind=job.kind,
+            )
+            continue
+        names.setdefault(name, job.source)
+        keep.append(job)
+    return keep
+
+
 def _local_jobs(folder: Path) -> list[Job]:
     if not folder.is_dir():
         raise FileNotFoundError(f"source 'local': folder {folder} does not exist")
@@ -506,6 +660,7 @@ def _local_jobs(folder: Path) -> list[Job]:
 
 def _youtube_jobs(cfg: DatasetConfig, out: Path) -> list[Job]:
     from pipelines.datasets import get_adapter
+    from pipelines.datasets.kinetics import YOUTUBE_ID
 
     adapter = get_adapter(cfg.format)
     jobs, seen = [], set()
@@ -514,6 +669,8 @@ def _youtube_jobs(cfg: DatasetConfig, out: Path) -> list[Job]:
             youtube_id = item.extra.get("youtube_id")
             if youtube_id is None or item.extra.get("found") or youtube_id in seen:
                 continue
+            if not YOUTUBE_ID.fullmatch(youtube_id):  # it becomes a path and a URL: the adapter checks too
+                raise RuntimeError(f"{item.id}: youtube_id {youtube_id!r} is not a YouTube id")
             seen.add(youtube_id)
             jobs.append(
                 Job(id=item.id, kind="youtube", source=item.source, dest=f"{item.split}/{youtube_id}")
@@ -599,24 +756,31 @@ def run(
         RuntimeError: ``youtube`` without yt-dlp installed, or for a format without YouTube ids.
     """
     out = Path(out)
+    with stage_lock(out, "download"):  # a second run on this out fails here, before touching it
+        return _run_locked(name, cfg, out, workers, map_items)
+
+
+def _run_locked(name: str, cfg: DatasetConfig, out: Path, workers: int, map_items: Mapper | None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)
     _clean_staging(out)
+    limits = Limits(cfg.max_archive_members, cfg.max_extract_bytes)
     mapper = map_items or _thread_map(workers)
     outcomes = Outcomes()
     started = time.monotonic()
     if cfg.source == "synthetic":
         _synthetic(name, cfg, out, outcomes, workers)
     elif cfg.source == "local":
-        _execute(_http_jobs(cfg.annotations), out, mapper, outcomes)
+        _execute(dedupe_http(_http_jobs(cfg.annotations), outcomes), out, mapper, outcomes, limits)
         _execute(_local_jobs(Path(cfg.uri[0])), out, mapper, outcomes)
     elif cfg.source == "http":
-        _execute(_http_jobs(cfg.annotations) + _http_jobs(cfg.uri, cfg.sha256), out, mapper, outcomes)
+        jobs = dedupe_http(_http_jobs(cfg.annotations) + _http_jobs(cfg.uri, cfg.sha256), outcomes)
+        _execute(jobs, out, mapper, outcomes, limits)
     elif cfg.source == "youtube":
         if cfg.format != "kinetics":
             raise RuntimeError(f"datasets.{name}.source: 'youtube' serves Kinetics only, not {cfg.format!r}")
         _require_yt_dlp()
-        _execute(_http_jobs(cfg.annotations), out, mapper, outcomes)
+        _execute(dedupe_http(_http_jobs(cfg.annotations), outcomes), out, mapper, outcomes, limits)
         if not outcomes.failed:
             _execute(_youtube_jobs(cfg, out), out, mapper, outcomes)
     else:  # DatasetConfig validates the source; kept for a clear message
@@ -703,11 +867,55 @@ def main(argv: list[str] | None = None) -> int:
             summary = run(args.dataset, cfg, args.out, workers=args.workers)
         else:
             summary = run_flow(args.dataset, cfg, args.out, workers=args.workers)
-    except (FileNotFoundError, RuntimeError, AnnotationError) as exc:
+    except (FileNotFoundError, RuntimeError, AnnotationError, StageLockedError) as exc:
         log.error("%s", exc)
         return 1
+    problem = budget_problem({"all": (summary["items"], summary["failed"])}, cfg.failure_budget)
+    print(summary_screen(summary, read_jsonl(args.out / "failures.jsonl"), problem))
     print(json.dumps(summary))
-    return 1 if summary["items"] and not summary["ok"] else 0
+    if problem:
+        log.error("download %s: %s", args.dataset, problem)
+        return 1
+    return 0
+
+
+def failure_cause(reason: str) -> str:
+    """A short cause for a failure reason (the screen groups by it): ``http 404``, ``network``, ..."""
+    if match := re.search(r": HTTP (\d{3})", reason):
+        return f"http {match.group(1)}"
+    for needle, cause in (
+        ("sha256 mismatch", "checksum"),
+        ("size mismatch", "size"),
+        ("(max_archive_members)", "cap: archive members"),
+        ("(max_extract_bytes)", "cap: extracted bytes"),
+        ("nothing was extracted", "unsafe archive"),
+        ("not a readable archive", "bad archive"),
+        ("redirect to", "redirect refused"),
+        ("also the file of", "duplicate file name"),
+        ("yt-dlp", "yt-dlp"),
+        ("cannot reach", "network"),
+        ("connection", "network"),
+        ("synthetic generation failed", "synthetic"),
+    ):
+        if needle in reason:
+            return cause
+    return "other"
+
+
+def summary_screen(summary: dict[str, Any], failures: list[dict], problem: str | None) -> str:
+    """The one-screen end summary: items in, ok, failed (by cause), reused (skipped as complete)."""
+    row = {
+        "in": summary["items"],
+        "ok": summary["ok"],
+        "failed": summary["failed"],
+        "reused": summary["skipped"],
+    }
+    causes: dict[str, int] = {}
+    for failure in failures:
+        cause = failure_cause(str(failure.get("reason", "")))
+        causes[cause] = causes.get(cause, 0) + 1
+    title = f"download {summary['dataset']} ({summary['source']})"
+    return format_stage_summary(title, {"all": row}, causes, problem)
 
 
 if __name__ == "__main__":

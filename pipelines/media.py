@@ -1,4 +1,12 @@
-"""ffprobe through ffmpeg-python: what a media file holds, or a :class:`ProbeError` saying why it is unusable.
+"""Probe a video: what a media file holds, or a :class:`ProbeError` saying why it is unusable.
+
+Two probes give the same :class:`VideoInfo` for a good file:
+- :func:`probe_video` runs ffprobe (a subprocess, killed after ``timeout`` seconds): the authoritative answer
+  and the reason for a bad file;
+- :func:`probe_video_fast` reads the header with PyAV in a long-lived helper process (no process launch per
+  file: a few ms instead of ~50 ms; a crash or hang stays in the helper) and hands anything unusual (an error, no video stream, no frame count, no duration) to
+  :func:`probe_video`, so a bad file gets ffprobe's reason word for word. It refuses a frame larger than
+  ``max_side`` before decoding anything (:class:`MediaCapError`).
 
 :func:`probe_video` answers, for the first video stream of a file: codec, coded size, display size (after
 the rotation that ffmpeg applies when decoding), frame rate (``avg_frame_rate``, frames per second), frame
@@ -12,19 +20,29 @@ truncated) still probes; the re-encode stage finds it by decoding (see ``pipelin
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
+import subprocess
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import ffmpeg
-
 log = logging.getLogger(__name__)
 
-__all__ = ["ProbeError", "VideoInfo", "parse_rate", "probe_video"]
+__all__ = [
+    "MediaCapError",
+    "ProbeError",
+    "VideoInfo",
+    "parse_rate",
+    "probe_video",
+    "probe_video_fast",
+    "pyav_info",
+]
+
+PROBE_TIMEOUT = 30.0  # seconds, default for one probe
 
 
 class ProbeError(ValueError):
@@ -34,6 +52,10 @@ class ProbeError(ValueError):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
+
+
+class MediaCapError(ProbeError):
+    """A file is over a cap on untrusted input (resolution); the message names the file, value and cap."""
 
 
 @dataclass(frozen=True)
@@ -110,7 +132,25 @@ def _head(path: Path, n: int = 16) -> bytes:
         return f.read(n)
 
 
-def _ffprobe_reason(path: Path, exc: ffmpeg.Error) -> str:
+class _FFprobeFailed(Exception):
+    def __init__(self, stderr: bytes):
+        self.stderr = stderr
+
+
+def _ffprobe(path: Path, timeout: float, *args: str) -> dict:
+    """``ffprobe -show_format -show_streams -of json [args] <path>`` (as ffmpeg-python's ``probe``), with a
+    timeout: the process is killed and :class:`ProbeError` raised after ``timeout`` seconds."""
+    cmd = ["ffprobe", "-show_format", "-show_streams", "-of", "json", *args, str(path)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise ProbeError(path, f"ffprobe took longer than {timeout:g} s (probe_timeout_s)") from None
+    if proc.returncode:
+        raise _FFprobeFailed(proc.stderr)
+    return json.loads(proc.stdout.decode("utf-8", "replace"))
+
+
+def _ffprobe_reason(path: Path, exc: _FFprobeFailed) -> str:
     text = (exc.stderr or b"").decode("utf-8", "replace").strip()
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if any("moov atom not found" in line for line in lines):
@@ -125,26 +165,33 @@ def _ffprobe_reason(path: Path, exc: ffmpeg.Error) -> str:
     return "not a readable media file (ffprobe failed)"
 
 
-def probe_video(path: str | os.PathLike, count_frames: bool = True) -> VideoInfo:
-    """Probe the first video stream of ``path`` with ffprobe.
-
-    Args:
-        path: the file; probed by its absolute path (names may start with ``-``).
-        count_frames: when the container stores no frame count, count the stream's packets (reads the file).
-
-    Raises:
-        ProbeError: missing, zero-byte, not media, truncated, no video stream, or no frames.
-    """
-    path = Path(path).absolute()
+def _check_file(path: Path) -> None:
     if not path.exists():
         raise ProbeError(path, "missing file")
     if not path.is_file():
         raise ProbeError(path, "not a regular file")
     if path.stat().st_size == 0:
         raise ProbeError(path, "zero-byte file")
+
+
+def probe_video(
+    path: str | os.PathLike, count_frames: bool = True, timeout: float = PROBE_TIMEOUT
+) -> VideoInfo:
+    """Probe the first video stream of ``path`` with ffprobe.
+
+    Args:
+        path: the file; probed by its absolute path (names may start with ``-``).
+        count_frames: when the container stores no frame count, count the stream's packets (reads the file).
+        timeout: seconds each ffprobe run may take before it is killed.
+
+    Raises:
+        ProbeError: missing, zero-byte, not media, truncated, no video stream, no frames, or a timeout.
+    """
+    path = Path(path).absolute()
+    _check_file(path)
     try:
-        info = ffmpeg.probe(str(path))
-    except ffmpeg.Error as exc:
+        info = _ffprobe(path, timeout)
+    except _FFprobeFailed as exc:
         raise ProbeError(path, _ffprobe_reason(path, exc)) from None
     streams = info.get("streams") or []
     videos = [
@@ -167,7 +214,7 @@ def probe_video(path: str | os.PathLike, count_frames: bool = True) -> VideoInfo
     frames_counted = False
     frames = int(_float(stream.get("nb_frames")) or 0)
     if frames <= 0 and count_frames:
-        frames = _count_packets(path, int(stream.get("index", 0)))
+        frames = _count_packets(path, int(stream.get("index", 0)), timeout)
         frames_counted = True
     if frames <= 0 and (count_frames or duration is None or duration <= 0):
         raise ProbeError(path, "video stream has no frames")
@@ -190,11 +237,99 @@ def probe_video(path: str | os.PathLike, count_frames: bool = True) -> VideoInfo
     )
 
 
-def _count_packets(path: Path, index: int) -> int:
+def _count_packets(path: Path, index: int, timeout: float) -> int:
     """Count the packets of stream ``index`` (one per frame for video) without decoding."""
     try:
-        info = ffmpeg.probe(str(path), count_packets=None, select_streams=str(index))
-    except ffmpeg.Error as exc:
+        info = _ffprobe(path, timeout, "-count_packets", "-select_streams", str(index))
+    except _FFprobeFailed as exc:
         raise ProbeError(path, _ffprobe_reason(path, exc)) from None
     streams = info.get("streams") or []
     return int(_float(streams[0].get("nb_read_packets")) or 0) if streams else 0
+
+
+def pyav_info(path: Path, timeout: float, max_side: int | None) -> VideoInfo | None:
+    """The first video stream read with PyAV in this process, or ``None`` when anything is unusual (ffprobe
+    then decides). :func:`probe_video_fast` runs it in a helper process (:mod:`pipelines.probe`)."""
+    import av
+
+    try:
+        with av.open(str(path), timeout=timeout) as container:
+            videos = [
+                s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic
+            ]
+            if not videos:
+                return None
+            stream = videos[0]
+            cc = stream.codec_context
+            width, height = int(cc.width or 0), int(cc.height or 0)
+            if width <= 0 or height <= 0:
+                return None
+            if max_side is not None and max(width, height) > max_side:
+                raise MediaCapError(
+                    path, f"resolution {width}x{height} is over the cap of {max_side} pixels (max_side)"
+                )
+            rate = stream.average_rate or stream.base_rate
+            fps = float(rate) if rate else 0.0
+            if stream.duration is not None and stream.time_base is not None:
+                duration = float(stream.duration * stream.time_base)
+            elif container.duration is not None:
+                duration = container.duration / av.time_base
+            else:
+                return None
+            duration = round(duration, 6)  # ffprobe prints 6 decimals: the same number either way
+            frames = int(stream.frames or 0)
+            if duration <= 0 or fps <= 0:
+                return None
+            cc.thread_count = 1
+            first = next(container.decode(stream), None)  # the display rotation is side data of the frames
+            if first is None:
+                return None
+            rotation = round(first.rotation) % 360
+            return VideoInfo(
+                path=str(path),
+                codec=str(cc.name or "unknown"),
+                width=width,
+                height=height,
+                fps=fps,
+                frames=frames,
+                duration=duration,
+                rotation=rotation,
+                pix_fmt=str(cc.format.name if cc.format is not None else "unknown"),
+            )
+    except MediaCapError:
+        raise
+    except Exception:  # any PyAV error: ffprobe gives the reason
+        return None
+
+
+def probe_video_fast(
+    path: str | os.PathLike,
+    count_frames: bool = True,
+    timeout: float = PROBE_TIMEOUT,
+    max_side: int | None = None,
+) -> VideoInfo:
+    """:func:`probe_video`'s answer for ``path``, read with PyAV in a long-lived helper process when the file
+    is ordinary (:mod:`pipelines.probe`: no process launch per file, and a crash or hang on a hostile file
+    stays in the helper).
+
+    A file that PyAV cannot open, or whose stream lacks a size, rate, duration or (with ``count_frames``)
+    a stored frame count, or on which the helper died, is probed with ffprobe instead, so errors and
+    counted frames are ffprobe's. A helper that takes longer than ``timeout`` seconds is killed.
+
+    Raises:
+        MediaCapError: the frame is larger than ``max_side`` pixels on a side (checked before any decoding).
+        ProbeError: as :func:`probe_video`.
+    """
+    path = Path(path).absolute()
+    _check_file(path)
+    from pipelines.probe import probe_in_helper
+
+    info = probe_in_helper(path, timeout, max_side)
+    if info is not None and (info.frames > 0 or not count_frames):
+        return info
+    info = probe_video(path, count_frames=count_frames, timeout=timeout)
+    if max_side is not None and max(info.width, info.height) > max_side:
+        raise MediaCapError(
+            path, f"resolution {info.width}x{info.height} is over the cap of {max_side} pixels (max_side)"
+        )
+    return info

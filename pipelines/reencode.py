@@ -1,5 +1,10 @@
 """Stage ``reencode@<ds>``: raw media -> uniform h264 mp4 at the dataset's fps (images: RGB JPEG), plus a manifest.
 
+The pieces with a job of their own live in their own modules: probing in :mod:`pipelines.media`, the
+ffmpeg command, encoding (video and images) and per-item errors in :mod:`pipelines.encode`, checking an
+encoded file in :mod:`pipelines.verify`. This module keeps the plan (items, names, sidecars, reuse), the
+reports, the flow and the command line.
+
 Usage::
 
     python -m pipelines.reencode kinetics --raw raw/kinetics --out videos/kinetics --params params.yaml
@@ -26,11 +31,14 @@ Video (DESIGN "Re-encode", pinned)::
         -vf fps=<fps>,scale=<short side, other side -2>,setsar=1,format=yuv420p -c:v libx264 -preset <p>
         -crf <q> -g <round(fps)> -threads 1 -fflags +bitexact -map_metadata -1 -movflags +faststart <tmp>
 
-built with ffmpeg-python by :func:`encode_spec`; :func:`ffmpeg_command` is the same argv as a list (for the
+built with ffmpeg-python by :func:`pipelines.encode.encode_spec`; :func:`ffmpeg_command` is the same argv as a list (for the
 benchmark). ffmpeg-python writes each file's options in sorted order, and ``-nostdin`` after the output;
 ffmpeg applies per-file options to the next file whatever their order, so this is the pinned command
-(a test checks that the pinned order gives identical bytes). ffprobe checks the source before and the
-output after (h264, yuv420p, the fps, frames > 0, the short side, no rotation). The temporary is
+(a test checks that the pinned order gives identical bytes). The source is probed before and the output
+after (h264, yuv420p, the fps, frames > 0, the short side, no rotation) with PyAV in a reused helper
+process (:func:`pipelines.media.probe_video_fast`, :mod:`pipelines.probe`: no launch per file, and a crash
+or hang stays in the helper); ffprobe, with a timeout, only for a file PyAV finds unusual, so a bad file
+gets ffprobe's reason. The temporary is
 ``.<name>.tmp-<uuid>.mp4`` beside the output (the ``.mp4`` suffix lets ffmpeg pick the muxer, so the
 pinned command needs no ``-f``), renamed when verified.
 
@@ -45,7 +53,12 @@ greyscale, palette; alpha over white), resizes the short side to N (bicubic) and
 files).
 
 Every bad input becomes one row of ``failures.jsonl`` with its reason, and the stage goes on; per split,
-input = ok + failed.
+input = ok + failed. Caps on untrusted input (``reencode.max_side``, ``max_duration_s``, ``probe_timeout_s``,
+``max_encode_s``) make an item over one fail with kind ``cap``; a chunk whose task crashes (an escaped
+exception, a dead Dask worker) fails its items with kind ``crash``. The command exits 1 with a one-line reason
+when a split has no usable item or more than ``datasets.<ds>.failure_budget`` of its items failed (the reports
+are written first), and prints a one-screen summary. One run at a time per out: a second run fails at start
+(:func:`pipelines.common.stage_lock`, the lock file ``.<out name>.lock`` beside the out).
 """
 
 from __future__ import annotations
@@ -59,34 +72,49 @@ import logging
 import math
 import os
 import re
-import subprocess
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import ffmpeg
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from pipelines.common import (
-    TMP_MARK,
     Outcomes,
+    StageLockedError,
     add_no_flow_flag,
+    budget_problem,
+    format_stage_summary,
     publish_result,
     read_json,
     remove_stale_temporaries,
     run_name,
+    stage_lock,
     task_runner,
     usage_examples,
     write_json_atomic,
     write_jsonl_atomic,
 )
-from pipelines.datasets.base import Item
-from pipelines.media import ProbeError, VideoInfo, probe_video
+from pipelines.datasets.base import AnnotationError, Item
+from pipelines.encode import (
+    ItemFailure,
+    codec_params,
+    encode_image,
+    encode_spec,
+    encode_video,
+    ffmpeg_command,
+    plan_trim,
+    probe_source,
+    scale_filter,
+    temporary,
+    trim_window,
+    video_filter,
+)
+from pipelines.media import ProbeError, probe_video_fast
+from pipelines.verify import verify_video
 from tubevit.config.base import ConfigError
 from tubevit.config.data import DatasetConfig, ReencodeConfig
 
@@ -95,6 +123,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "SIDECAR_VERSION",
     "TrimmedMismatchError",
+    "crash_rows",
     "encode_spec",
     "ffmpeg_command",
     "main",
@@ -106,6 +135,7 @@ __all__ = [
     "run_flow",
     "safe_name",
     "scale_filter",
+    "summary_screen",
 ]
 
 VIDEO_SUFFIX = ".mp4"
@@ -120,15 +150,6 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 class TrimmedMismatchError(RuntimeError):
     """``trimmed: false`` but most trim windows start past the end of their files: the files are clips."""
-
-
-class ItemFailure(Exception):
-    """One item cannot be re-encoded; ``kind`` groups reasons (missing, unreadable, trim, past_end, ...)."""
-
-    def __init__(self, kind: str, reason: str):
-        self.kind = kind
-        self.reason = reason
-        super().__init__(reason)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -155,94 +176,6 @@ def output_name(item: Item, image: bool) -> str:
     return f"{item.split}/{safe_name(item.id)}{IMAGE_SUFFIX if image else VIDEO_SUFFIX}"
 
 
-def _num(x: float) -> str:
-    """A number as ffmpeg reads it, stable across runs: ``15`` not ``15.0``; at most 6 decimals."""
-    text = f"{x:.6f}".rstrip("0").rstrip(".")
-    return text if text not in ("", "-0") else "0"
-
-
-def gop(fps: float) -> int:
-    """The keyframe interval ``-g``: one keyframe about every second, in frames."""
-    return max(1, round(fps))
-
-
-def scale_filter(display_width: int, display_height: int, short_side: int) -> str:
-    """``scale=-2:N`` for landscape or square sources, ``scale=N:-2`` for portrait (display size, pixels)."""
-    if display_width >= display_height:
-        return f"scale=-2:{short_side}"
-    return f"scale={short_side}:-2"
-
-
-def video_filter(fps: float, scale: str) -> str:
-    return f"fps={_num(fps)},{scale},setsar=1,format=yuv420p"
-
-
-def codec_params(fps: float, preset: str, crf: int) -> dict[str, Any]:
-    """The output options of the pinned command other than the filter (recorded in every sidecar)."""
-    return {
-        "map": "0:v:0",
-        "an": None,
-        "sn": None,
-        "dn": None,
-        "c:v": "libx264",
-        "preset": preset,
-        "crf": crf,
-        "g": gop(fps),
-        "threads": 1,
-        "fflags": "+bitexact",
-        "map_metadata": "-1",
-        "movflags": "+faststart",
-    }
-
-
-def encode_spec(
-    src: str | os.PathLike,
-    dst: str | os.PathLike,
-    *,
-    fps: float,
-    scale: str,
-    preset: str,
-    crf: int,
-    start: float | None = None,
-    length: float | None = None,
-):
-    """The ffmpeg-python spec of the pinned re-encode command (DESIGN "Re-encode").
-
-    Args:
-        src: the source file; made absolute (ids, hence names, may start with ``-``).
-        dst: the output file (its ``.mp4`` suffix picks the muxer); made absolute.
-        fps: output frame rate (frames per second); also the keyframe interval ``-g`` (rounded).
-        scale: the scale filter, from :func:`scale_filter`.
-        preset, crf: x264 preset and constant rate factor.
-        start, length: the trim window in seconds (input-side ``-ss``/``-t``, accurate seek), or ``None``.
-    """
-    input_options: dict[str, Any] = {"threads": 1}
-    if start is not None:
-        if length is None:
-            raise ValueError("a trim needs both start and length")
-        input_options.update(ss=_num(start), t=_num(length))
-    stream = ffmpeg.input(str(Path(src).absolute()), **input_options)
-    options = {**codec_params(fps, preset, crf), "vf": video_filter(fps, scale)}
-    return stream.output(str(Path(dst).absolute()), **options).global_args("-nostdin")
-
-
-def ffmpeg_command(
-    src: str | os.PathLike,
-    dst: str | os.PathLike,
-    *,
-    fps: float,
-    scale: str,
-    preset: str,
-    crf: int,
-    start: float | None = None,
-    length: float | None = None,
-    cmd: str = "ffmpeg",
-) -> list[str]:
-    """The argv the stage runs for one video (the benchmark runs the same list directly)."""
-    spec = encode_spec(src, dst, fps=fps, scale=scale, preset=preset, crf=crf, start=start, length=length)
-    return spec.compile(cmd=cmd)
-
-
 # --------------------------------------------------------------------------------------------------------
 # One item
 # --------------------------------------------------------------------------------------------------------
@@ -263,11 +196,6 @@ def _source_path(item: Item, raw: Path) -> Path:
     return norm
 
 
-def _temporary(final: Path) -> Path:
-    """``.<name>.tmp-<uuid><suffix>``: matches the stale-temporary pattern and keeps the media suffix."""
-    return final.with_name(f".{final.name}{TMP_MARK}{uuid.uuid4().hex}{final.suffix}")
-
-
 def _item_params(item: Item, cfg: DatasetConfig, rcfg: ReencodeConfig, source_size: int) -> dict[str, Any]:
     """The item-level params an output is made with; an existing output is reused only if they match."""
     if cfg.is_image:
@@ -286,21 +214,12 @@ def _item_params(item: Item, cfg: DatasetConfig, rcfg: ReencodeConfig, source_si
         "kind": "video",
         "fps": cfg.fps,
         "short_side": cfg.short_side,
-        "trim": _window(item, cfg),
+        "trim": trim_window(item, cfg),
         "codec": codec_params(cfg.fps, rcfg.preset, rcfg.crf),
         "filter": video_filter(cfg.fps, f"scale=<short side {cfg.short_side}, other side -2>"),
         "source": item.source,
         "source_size": source_size,
     }
-
-
-def _window(item: Item, cfg: DatasetConfig) -> list[float] | None:
-    """The trim window [start, end] in seconds, or None (whole file: trimmed sources, or no window)."""
-    if cfg.trimmed or (item.start is None and item.end is None):
-        return None
-    start = 0.0 if item.start is None else float(item.start)
-    end = math.inf if item.end is None else float(item.end)
-    return [start, end]
 
 
 def _reuse(final: Path, sidecar: Path, params: dict[str, Any]) -> dict[str, Any] | None:
@@ -318,86 +237,17 @@ def _reuse(final: Path, sidecar: Path, params: dict[str, Any]) -> dict[str, Any]
     return record
 
 
-_POINTER = re.compile(r" @ 0x[0-9a-fA-F]+")
-_ERROR_WORDS = (
-    "error",
-    "invalid",
-    "partial file",
-    "failed",
-    "not found",
-    "cannot",
-    "could not",
-    "no such",
-    "corrupt",
-)
-
-
-def _clean_stderr(stderr: bytes, src: Path, tmp: Path) -> list[str]:
-    """ffmpeg's stderr lines without run-specific text (pointers, the temporary's uuid, absolute paths)."""
-    text = stderr.decode("utf-8", "replace").replace(str(tmp), "<output>").replace(str(src), "<source>")
-    return [_POINTER.sub("", ln.strip()) for ln in text.splitlines() if ln.strip()]
-
-
-def _ffmpeg_reason(lines: list[str]) -> str:
-    """The error lines of ffmpeg's log (deduplicated, last 3), or its last lines when none looks like one."""
-    errors = [ln for ln in lines if any(w in ln.lower() for w in _ERROR_WORDS)]
-    unique = list(dict.fromkeys(errors or lines[-3:]))
-    return " | ".join(unique[-3:])[:500]
-
-
-def _run_ffmpeg(spec, src: Path, tmp: Path, timeout: float) -> list[str]:
-    """Run an ffmpeg-python spec; returns its cleaned stderr lines. Raises ItemFailure on failure or timeout."""
-    proc = ffmpeg.run_async(spec, pipe_stdout=True, pipe_stderr=True)
-    try:
-        _, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        raise ItemFailure("encode", f"ffmpeg took longer than {timeout:.0f} s") from None
-    except BaseException:
-        proc.kill()
-        proc.communicate()
-        raise
-    lines = _clean_stderr(err, src, tmp)
-    if proc.returncode:
-        reason = f"ffmpeg failed (exit {proc.returncode}): {_ffmpeg_reason(lines)}"
-        if any("partial file" in ln for ln in lines):  # the data ends before the index says it does
-            raise ItemFailure("truncated", f"truncated source (partial file); {reason}")
-        raise ItemFailure("encode", reason)
-    return lines
-
-
 def _encode_video(item: Item, src: Path, final: Path, cfg: DatasetConfig, rcfg: ReencodeConfig) -> dict:
-    """Probe, trim, encode to a temporary, verify, rename. Returns the sidecar's ``media`` and ``quality``."""
-    try:
-        info = probe_video(src, count_frames=False)  # no packet count: one ffprobe launch per source
-    except ProbeError as exc:
-        kind = "missing" if exc.reason == "missing file" else "unreadable"
-        raise ItemFailure(kind, exc.reason) from None
-    window = _window(item, cfg)
-    start = length = None
-    expected = info.duration  # seconds of video the output should hold
-    if window is not None:
-        start, end = window
-        if not end > start:
-            raise ItemFailure("trim", f"empty trim window [{_num(start)}, {_num(end)}] s")
-        if start >= info.duration:
-            raise ItemFailure(
-                "past_end",
-                f"trim window [{_num(start)}, {_num(end)}] s starts past the end of the video "
-                f"(duration {_num(info.duration)} s)",
-            )
-        length = min(end, info.duration) - start
-        expected = length
-    scale = scale_filter(info.display_width, info.display_height, cfg.short_side)
+    """Probe, plan the trim, encode to a temporary, verify, rename. Returns the sidecar's ``media`` and
+    ``quality``."""
+    info = probe_source(src, rcfg)
+    window = trim_window(item, cfg)
+    start, length, expected = plan_trim(info, window, rcfg)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary(final)
+    tmp = temporary(final)
     try:
-        spec = encode_spec(
-            src, tmp, fps=cfg.fps, scale=scale, preset=rcfg.preset, crf=rcfg.crf, start=start, length=length
-        )
-        stderr = _run_ffmpeg(spec, src, tmp, timeout=120.0 + 10.0 * expected)
-        out = _verify_output(item, tmp, cfg, window, info, expected, stderr)
+        stderr = encode_video(src, tmp, info, cfg, rcfg, start, length, expected)
+        out = verify_video(tmp, cfg, window, info, expected, stderr, rcfg.probe_timeout_s)
         os.replace(tmp, final)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -425,97 +275,6 @@ def _encode_video(item: Item, src: Path, final: Path, cfg: DatasetConfig, rcfg: 
     return {"media": media, "quality": quality}
 
 
-def _verify_output(
-    item: Item,
-    path: Path,
-    cfg: DatasetConfig,
-    window: list[float] | None,
-    src: VideoInfo,
-    expected: float,
-    stderr: list[str],
-) -> VideoInfo:
-    """ffprobe the encoded file: h264 yuv420p, the fps, frames > 0, no rotation, short side N, not cut short."""
-    try:
-        out = probe_video(path)
-    except ProbeError as exc:
-        if window is not None and ("no video stream" in exc.reason or "no frames" in exc.reason):
-            raise ItemFailure(
-                "trim",
-                f"no frames in the trim window [{_num(window[0])}, {_num(window[1])}] s "
-                f"(video duration {_num(src.duration)} s)",
-            ) from None
-        raise ItemFailure("verify", f"re-encoded file is unreadable: {exc.reason}") from None
-    problems = []
-    if out.codec != "h264":
-        problems.append(f"codec {out.codec}, expected h264")
-    if out.pix_fmt != "yuv420p":
-        problems.append(f"pixel format {out.pix_fmt}, expected yuv420p")
-    if not math.isclose(out.fps, cfg.fps, rel_tol=1e-4):
-        problems.append(f"fps {out.fps:g}, expected {cfg.fps:g}")
-    if out.rotation != 0:
-        problems.append(f"rotation {out.rotation}, expected 0")
-    if min(out.width, out.height) != cfg.short_side:
-        problems.append(f"size {out.width}x{out.height}, expected short side {cfg.short_side}")
-    if problems:
-        raise ItemFailure("verify", "re-encoded file is wrong: " + "; ".join(problems))
-    # A source whose index is intact but whose data is cut short (truncated download) decodes to less video
-    # than it declares; ffmpeg still exits 0. Tolerance: 10% or 0.5 s, whichever is larger.
-    got = out.frames / cfg.fps
-    if got < expected - max(0.5, 0.1 * expected):
-        detail = " | ".join(dict.fromkeys(ln for ln in stderr if any(w in ln.lower() for w in _ERROR_WORDS)))
-        raise ItemFailure(
-            "truncated",
-            f"truncated or corrupt source: decoded {got:.2f} s of the {expected:.2f} s it declares"
-            + (f" ({detail})" if detail else ""),
-        )
-    return out
-
-
-def _encode_image(src: Path, final: Path, cfg: DatasetConfig, rcfg: ReencodeConfig) -> dict:
-    """PIL: EXIF orientation, RGB, short side N (bicubic), JPEG at ``jpeg_quality``; written atomically."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    if src.stat().st_size == 0:
-        raise ItemFailure("unreadable", "zero-byte file")
-    try:
-        with Image.open(src) as img:
-            source_format, source_mode = img.format or "unknown", img.mode
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-                rgba = img.convert("RGBA")
-                img = Image.new("RGB", rgba.size, (255, 255, 255))
-                img.paste(rgba, mask=rgba.getchannel("A"))
-            else:
-                img = img.convert("RGB")
-            w, h = img.size
-            if min(w, h) < 1:
-                raise ItemFailure("unreadable", f"image has no pixels ({w}x{h})")
-            n = cfg.short_side
-            size = (n, max(1, round(h * n / w))) if w <= h else (max(1, round(w * n / h)), n)
-            out = img.resize(size, Image.Resampling.BICUBIC)
-    except UnidentifiedImageError:
-        raise ItemFailure("unreadable", "not an image file (Pillow cannot identify it)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise ItemFailure("unreadable", f"unreadable image: {exc}") from None
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary(final)
-    try:
-        out.save(tmp, format="JPEG", quality=rcfg.jpeg_quality)
-        os.replace(tmp, final)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    media = {"fps": None, "frames": 1, "duration": None, "width": size[0], "height": size[1]}
-    quality = {
-        "source_format": source_format,
-        "source_mode": source_mode,
-        "source_width": w,
-        "source_height": h,
-    }
-    return {"media": media, "quality": quality}
-
-
 def process_item(item: Item, cfg: DatasetConfig, rcfg: ReencodeConfig, raw: str, out: str) -> dict:
     """Re-encode one item (or reuse its output). Never raises for a bad input.
 
@@ -527,7 +286,7 @@ def process_item(item: Item, cfg: DatasetConfig, rcfg: ReencodeConfig, raw: str,
     final = out_path / rel
     sidecar = final.with_name(final.name + SIDECAR_SUFFIX)
     base = {"id": item.id, "split": item.split, "source": item.source}
-    windowed = not cfg.is_image and _window(item, cfg) is not None
+    windowed = not cfg.is_image and trim_window(item, cfg) is not None
     try:
         src = _source_path(item, raw_path)
         if not src.is_file():
@@ -544,7 +303,7 @@ def process_item(item: Item, cfg: DatasetConfig, rcfg: ReencodeConfig, raw: str,
                 **_result(record),
             }
         made = (
-            _encode_image(src, final, cfg, rcfg)
+            encode_image(src, final, cfg, rcfg)
             if cfg.is_image
             else _encode_video(item, src, final, cfg, rcfg)
         )
@@ -585,31 +344,65 @@ def process_chunk(
 MapChunks = Callable[[Callable[..., list], list[list[Item]]], list[list[dict]]]
 
 
+def crash_rows(chunk: Sequence[Item], exc: BaseException) -> list[dict]:
+    """The results of a chunk whose task crashed (an exception escaped it, or its worker died): each item
+    fails with kind ``crash`` and the exception as the reason, so the stage still writes its reports."""
+    reason = f"the task crashed: {type(exc).__name__}: {exc}"[:500]
+    return [
+        {
+            "id": it.id,
+            "split": it.split,
+            "source": it.source,
+            "status": "failed",
+            "kind": "crash",
+            "reason": reason,
+            "window_checked": False,
+        }
+        for it in chunk
+    ]
+
+
 def _thread_map(workers: int) -> MapChunks:
     def map_chunks(fn, chunks):
+        def one(chunk):
+            try:
+                return fn(chunk)
+            except Exception as exc:
+                log.exception("reencode chunk starting at %s crashed", chunk[0].id)
+                return crash_rows(chunk, exc)
+
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            return list(pool.map(fn, chunks))
+            return list(pool.map(one, chunks))
 
     return map_chunks
 
 
-def _check_trimmed(name: str, items: Sequence[Item], cfg: DatasetConfig, raw: Path) -> None:
+def _check_trimmed(
+    name: str, items: Sequence[Item], cfg: DatasetConfig, rcfg: ReencodeConfig, raw: Path
+) -> None:
     """Probe a few windows before encoding: if most start past their file's end, the files are clips."""
-    sample = [it for it in items if _window(it, cfg) is not None][:TRIM_CHECK_SAMPLE]
-    past, probed = _count_past_end(sample, cfg, raw)
+    sample = [it for it in items if trim_window(it, cfg) is not None][:TRIM_CHECK_SAMPLE]
+    past, probed = _count_past_end(sample, cfg, rcfg, raw)
     if probed and past * 2 > probed:
         raise TrimmedMismatchError(_trimmed_message(name, past, probed))
 
 
-def _count_past_end(items: Sequence[Item], cfg: DatasetConfig, raw: Path) -> tuple[int, int]:
+def _count_past_end(
+    items: Sequence[Item], cfg: DatasetConfig, rcfg: ReencodeConfig, raw: Path
+) -> tuple[int, int]:
     past = probed = 0
     for it in items:
         try:
-            info = probe_video(_source_path(it, raw), count_frames=False)
+            info = probe_video_fast(
+                _source_path(it, raw),
+                count_frames=False,
+                timeout=rcfg.probe_timeout_s,
+                max_side=rcfg.max_side,
+            )
         except (ItemFailure, ProbeError):
             continue
         probed += 1
-        window = _window(it, cfg)
+        window = trim_window(it, cfg)
         past += window is not None and window[0] >= info.duration
     return past, probed
 
@@ -751,17 +544,22 @@ def reencode_items(
     """
     t0 = time.perf_counter()
     raw, out = Path(raw).absolute(), Path(out).absolute()
-    image = cfg.is_image
-    if not image and cfg.short_side % 2:
+    if not cfg.is_image and cfg.short_side % 2:
         raise ConfigError(
             f"datasets.{name}.short_side", f"must be even for yuv420p video, got {cfg.short_side}"
         )
+    with stage_lock(out, "reencode"):  # a second run on this out fails here, before touching it
+        return _reencode_locked(name, items, classes, cfg, rcfg, raw, out, map_chunks, t0)
+
+
+def _reencode_locked(name, items, classes, cfg, rcfg, raw: Path, out: Path, map_chunks, t0: float) -> dict:
+    image = cfg.is_image
     out.mkdir(parents=True, exist_ok=True)
     stale = remove_stale_temporaries(out)
     ordered = sorted(items, key=lambda it: (it.split, it.id))
     todo, duplicates = _dedupe(ordered, image)
     if not image:
-        _check_trimmed(name, todo, cfg, raw)
+        _check_trimmed(name, todo, cfg, rcfg, raw)
 
     chunks = [todo[i : i + rcfg.chunk_size] for i in range(0, len(todo), rcfg.chunk_size)]
     fn = _ChunkFn(cfg, rcfg, str(raw), str(out))
@@ -800,7 +598,12 @@ def reencode_items(
     write_json_atomic(out / "summary.json", summary)
 
     seconds = time.perf_counter() - t0
+    reused_by_split = Counter(r["split"] for r in results if r["status"] == "ok" and r["reused"])
     stats = {
+        "reused_by_split": dict(sorted(reused_by_split.items())),
+        "verdict": budget_problem(
+            {s: (v["input"], v["failed"]) for s, v in summary["splits"].items()}, cfg.failure_budget
+        ),
         "reused": reused,
         "encoded": len(manifest) - reused,
         "seconds": round(seconds, 3),
@@ -871,8 +674,21 @@ def reencode_chunk_task(fn: _ChunkFn, chunk: list[Item], label: str) -> list[dic
 
 
 def _prefect_map(fn: _ChunkFn, chunks: list[list[Item]]) -> list[list[dict]]:
+    """Submit one task per chunk; a task that crashes (on a Dask worker too) becomes its items' failures."""
     futures = [reencode_chunk_task.submit(fn, chunk, label=chunk[0].id) for chunk in chunks]
-    return [f.result() for f in futures]
+    results = []
+    for future, chunk in zip(futures, chunks, strict=True):
+        try:
+            value = future.result(raise_on_failure=False)
+        except Exception as exc:  # e.g. distributed's KilledWorker: the worker process died
+            value = exc
+        if isinstance(value, BaseException):
+            log.error(
+                "reencode chunk starting at %s crashed: %s: %s", chunk[0].id, type(value).__name__, value
+            )
+            value = crash_rows(chunk, value)
+        results.append(value)
+    return results
 
 
 @flow(name="reencode", flow_run_name=run_name("reencode"), validate_parameters=False)
@@ -890,6 +706,22 @@ def run_flow(
     return reencode_flow.with_options(task_runner=runner)(
         name, cfg, rcfg, str(Path(raw).absolute()), str(Path(out).absolute())
     )
+
+
+def summary_screen(result: dict[str, Any]) -> str:
+    """The one-screen end summary of a run (:func:`run`'s result): per split in / ok / failed / reused,
+    failures by kind, and the budget verdict."""
+    splits = {
+        split: {
+            "in": row["input"],
+            "ok": row["ok"],
+            "failed": row["failed"],
+            "reused": result.get("reused_by_split", {}).get(split, 0),
+        }
+        for split, row in result["splits"].items()
+    }
+    title = f"reencode {result['dataset']} ({result['seconds']:.1f} s)"
+    return format_stage_summary(title, splits, result["failures_by_kind"], result.get("verdict"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -918,10 +750,14 @@ def main(argv: list[str] | None = None) -> int:
             result = run(args.dataset, cfg, rcfg, args.raw, args.out)
         else:
             result = run_flow(args.dataset, cfg, rcfg, args.raw, args.out)
-    except (TrimmedMismatchError, ConfigError) as exc:
+    except (TrimmedMismatchError, ConfigError, AnnotationError, StageLockedError) as exc:
         log.error("%s", exc)
         return 1
+    print(summary_screen(result))
     print(json.dumps({k: result[k] for k in ("input", "ok", "failed", "reused", "encoded", "seconds")}))
+    if result["verdict"]:
+        log.error("reencode %s: %s", args.dataset, result["verdict"])
+        return 1
     return 0
 
 

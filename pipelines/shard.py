@@ -33,9 +33,12 @@ import io
 import json
 import logging
 import math
+import os
 import random
 import re
+import sys
 import tarfile
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,19 +49,22 @@ from prefect.cache_policies import NO_CACHE
 
 from pipelines.common import (
     Outcomes,
+    StageLockedError,
     add_no_flow_flag,
     atomic_path,
+    budget_problem,
     dumps_json,
+    format_stage_summary,
     publish_result,
     read_json,
     read_jsonl,
     remove_stale_temporaries,
     run_name,
     sha256_file,
+    stage_lock,
     usage_examples,
     write_json_atomic,
 )
-from pipelines.params import load_params_or_exit
 from tubevit.config.data import ShardConfig
 
 log = logging.getLogger(__name__)
@@ -246,17 +252,22 @@ def shard_split(
     folder = out / split
     outcomes = Outcomes()
     samples_rows: list[tuple[dict, Path, str, int]] = []
+    root = Path(os.path.abspath(videos))
     for row in order_rows(rows, scfg.seed, split):
         rid = str(row.get("id"))
         rel = str(row.get("file", ""))
-        path = (videos / rel).resolve()
+        # Containment by the path as written, not by where links point: with DVC's symlink cache every
+        # file of videos/<ds> is a link into .dvc/cache, and .resolve() would put it "outside".
+        path = Path(os.path.normpath(root / rel))
         ext = MEDIA.get(Path(rel).suffix.lower())
-        if not rel or videos.resolve() not in path.parents:
-            outcomes.add_failure(rid, f"file {rel!r} is not inside {videos}", split=split)
+        if not rel or Path(rel).is_absolute() or root not in path.parents:
+            outcomes.add_failure(rid, f"file {rel!r} is not inside {videos}", split=split, kind="outside")
         elif ext is None:
-            outcomes.add_failure(rid, f"file {rel!r}: extension is not .mp4 or .jpg", split=split)
+            outcomes.add_failure(
+                rid, f"file {rel!r}: extension is not .mp4 or .jpg", split=split, kind="extension"
+            )
         elif not path.exists():
-            outcomes.add_failure(rid, f"file {rel!r} is missing", split=split)
+            outcomes.add_failure(rid, f"file {rel!r} is missing", split=split, kind="missing")
         else:
             samples_rows.append((row, path, ext, path.stat().st_size))
     exts = {ext for _, _, ext, _ in samples_rows}
@@ -319,7 +330,13 @@ def run(name: str, split_names: Iterable[str], scfg: ShardConfig, videos: Path, 
 
     Raises:
         ShardError: the manifest or class map is missing, or a written split does not verify.
+        StageLockedError: another shard run holds this out's lock.
     """
+    with stage_lock(out, "shard"):
+        return _run_locked(name, split_names, scfg, videos, out)
+
+
+def _run_locked(name: str, split_names: Iterable[str], scfg: ShardConfig, videos: Path, out: Path) -> dict:
     videos, out = Path(videos), Path(out)
     manifest, classes_path = videos / "manifest.jsonl", videos / "classes.json"
     for p in (manifest, classes_path):
@@ -351,9 +368,25 @@ def run(name: str, split_names: Iterable[str], scfg: ShardConfig, videos: Path, 
         "splits": {s: {k: v for k, v in r.items() if k != "split"} for s, r in per_split.items()},
         "total": sum(r["ok"] for r in per_split.values()),
         "failed": len(outcomes.failed),
+        "failures_by_kind": dict(sorted(Counter(f["kind"] for f in outcomes.failed).items())),
     }
     write_json_atomic(out / "summary.json", summary)
     return summary
+
+
+def verdict(summary: dict[str, Any], failure_budget: float) -> str | None:
+    """Why the shard set is not usable (a split without samples, or over the budget), or ``None``."""
+    counts = {s: (r["manifest_rows"], r["failed"]) for s, r in summary["splits"].items()}
+    return budget_problem(counts, failure_budget, what="manifest rows")
+
+
+def summary_screen(summary: dict[str, Any], problem: str | None) -> str:
+    """The one-screen end summary: per split manifest rows in, packed, failed, reused (a current split)."""
+    splits = {
+        s: {"in": r["manifest_rows"], "ok": r["ok"], "failed": r["failed"], "reused": r["ok"] * r["skipped"]}
+        for s, r in summary["splits"].items()
+    }
+    return format_stage_summary(f"shard {summary['dataset']}", splits, summary["failures_by_kind"], problem)
 
 
 @task(cache_policy=NO_CACHE)
@@ -368,7 +401,10 @@ def shard_flow(name: str, splits: list[str], scfg: ShardConfig, videos: Path, ou
     return publish_result("shard", name, summary, Path(out) / "failures.jsonl")
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """The command: exit 0 when every split is usable, 1 with one line on stderr otherwise (a missing
+    manifest, a split with no sample, more than ``datasets.<ds>.failure_budget`` of a split's rows left out,
+    a shard that does not verify, or another run holding the lock); 2 for bad params."""
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.shard",
         description="Pack re-encoded clips into WebDataset shards.",
@@ -382,14 +418,26 @@ def main(argv: list[str] | None = None) -> None:
     add_no_flow_flag(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from pipelines.params import load_params_or_exit  # lazy: the config of every stage (model: torch)
+
     params = load_params_or_exit(args.params, dataset=args.dataset)
     dcfg, scfg = params.dataset(args.dataset), params.shard
-    if args.no_flow:
-        summary = run(args.dataset, list(dcfg.splits), scfg, args.videos, args.out)
-    else:
-        summary = shard_flow(args.dataset, list(dcfg.splits), scfg, args.videos, args.out)
+    try:
+        if args.no_flow:
+            summary = run(args.dataset, list(dcfg.splits), scfg, args.videos, args.out)
+        else:
+            summary = shard_flow(args.dataset, list(dcfg.splits), scfg, args.videos, args.out)
+    except (ShardError, StageLockedError, OSError, ValueError) as exc:
+        print(f"shard {args.dataset}: {exc}", file=sys.stderr)
+        return 1
+    problem = verdict(summary, dcfg.failure_budget)
+    print(summary_screen(summary, problem))
     print(dumps_json(summary), end="")
+    if problem:
+        print(f"shard {args.dataset}: {problem}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -12,21 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SPLIT_ALIASES", "AnnotationError", "Item", "find_media", "normalise_split", "read_code_lines"]
+from tubevit.config.data import SPLIT_ALIASES, normalise_split  # one table for params and adapters
 
-# Split names as the real datasets spell them -> the pipeline's names.
-# Kinetics-400 uses "val", Kinetics-700(-2020) "validate"; Charades calls its held-out split "test" (it is the
-# validation set of every paper); SSv2 "validation". Kinetics' own "test" split stays "test" (labels are
-# absent in the Kinetics-600 release), so it is not mixed into "val".
-SPLIT_ALIASES: dict[str, str] = {
-    "train": "train",
-    "training": "train",
-    "val": "val",
-    "valid": "val",
-    "validate": "val",
-    "validation": "val",
-    "test": "test",
-}
+__all__ = ["SPLIT_ALIASES", "AnnotationError", "Item", "find_media", "normalise_split", "read_code_lines"]
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v")
 
@@ -72,18 +60,6 @@ class Item:
     end: float | None = None
     actions: tuple[tuple[int, float, float], ...] = ()
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
-
-
-def normalise_split(name: str, where: str = "split") -> str:
-    """Map a dataset's split name (``validate``, ``validation``, ``val``...) to ``train``/``val``/``test``.
-
-    Raises:
-        ValueError: an unknown split name; the message names ``where`` and the known names.
-    """
-    key = str(name).strip().lower()
-    if key not in SPLIT_ALIASES:
-        raise ValueError(f"{where}: unknown split {name!r}; known: {', '.join(sorted(SPLIT_ALIASES))}")
-    return SPLIT_ALIASES[key]
 
 
 def find_media(root: Path, suffixes: tuple[str, ...] = VIDEO_SUFFIXES) -> dict[str, str]:

@@ -27,9 +27,10 @@ from pathlib import Path
 
 from pipelines.datasets.base import AnnotationError, Item, find_media, normalise_split
 
-__all__ = ["annotation_files", "class_names", "clip_name", "read_items"]
+__all__ = ["YOUTUBE_ID", "annotation_files", "class_names", "clip_name", "read_items"]
 
 REQUIRED = ("youtube_id", "time_start", "time_end")
+YOUTUBE_ID = re.compile(r"[A-Za-z0-9_-]{11}")  # what YouTube issues: never a path ('/', '..') or a URL
 YOUTUBE_URL = "https://www.youtube.com/watch?v={}"
 
 
@@ -149,6 +150,10 @@ def read_items(root: Path, split: str) -> list[Item]:
                 if label_name not in index:  # cannot happen with data-derived classes; kept as a guard
                     raise AnnotationError(path, f"unknown label {label_name!r}", line)
                 label = index[label_name]
+            if not YOUTUBE_ID.fullmatch(youtube_id):
+                raise AnnotationError(
+                    path, f"youtube_id {youtube_id!r} is not 11 characters of A-Z, a-z, 0-9, '_', '-'", line
+                )
             item_id = clip_name(youtube_id, start, end)
             if item_id in seen:
                 raise AnnotationError(path, f"duplicate clip {item_id} (first at {seen[item_id]})", line)

@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import os
 import shutil
 import socket
 import sys
@@ -17,10 +18,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipelines import download
-from pipelines.common import read_json, read_jsonl
+from pipelines.common import StageLockedError, read_json, read_jsonl, stage_lock
 from pipelines.datasets import kinetics
+from tubevit.config.base import ConfigError
 from tubevit.config.data import DatasetConfig, SyntheticConfig
 
 # ------------------------------------------------------------------------------------------ test server
@@ -33,6 +36,7 @@ class Server:
     def __init__(self):
         self.files: dict[str, bytes] = {}
         self.drop_once: set[str] = set()
+        self.redirects: dict[str, str] = {}  # path -> Location of a 302
         self.requests: list[tuple[str, str | None]] = []
         outer = self
 
@@ -45,6 +49,12 @@ class Server:
             def do_GET(self):
                 rng = self.headers.get("Range")
                 outer.requests.append((self.path, rng))
+                if self.path in outer.redirects:
+                    self.send_response(302)
+                    self.send_header("Location", outer.redirects[self.path])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 body = outer.files.get(self.path)
                 if body is None:
                     self.send_error(404, "Not Found")
@@ -197,13 +207,15 @@ def test_partial_file_from_a_killed_run_is_resumed(server: Server, tmp_path: Pat
     body = b"youtube_id,time_start\n" + b"x" * 5000
     url = server.add("/ann/test.csv", body)
     out = tmp_path / "out"
-    (out).mkdir()
-    (out / ".test.csv.part").write_bytes(body[:1234])  # what a killed run left
+    part = download.partial_dir(out) / f"{download._url_key(url)}.part"  # outside the out (issue 9.7)
+    assert part == tmp_path / ".partial" / "out" / f"{download._url_key(url)}.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(body[:1234])  # what a killed run left
     summary = download.run("kinetics", http_cfg(url), out)
     assert summary["ok"] == 1
     assert server.requests == [("/ann/test.csv", "bytes=1234-")]
     assert (out / "test.csv").read_bytes() == body
-    assert not (out / ".test.csv.part").exists()
+    assert not part.exists()
 
 
 def test_404_is_a_failure_naming_the_url_and_not_retried(server: Server, tmp_path: Path):
@@ -242,7 +254,8 @@ def test_wrong_checksum_is_refused_and_leaves_nothing(server: Server, tmp_path: 
     summary = download.run("kinetics", http_cfg(url, sha256=("0" * 64,)), out)
     assert (summary["ok"], summary["failed"]) == (0, 1)
     assert failures(out)[0]["reason"] == f"{url}: sha256 mismatch: expected {'0' * 64}, got {sha(data)}"
-    assert sorted(p.name for p in out.rglob("*")) == [".downloads", "failures.jsonl", "summary.json"]
+    assert sorted(p.name for p in out.rglob("*")) == ["failures.jsonl", "summary.json"]
+    assert not list(download.partial_dir(out).iterdir())  # the bad archive's partial is gone too
 
 
 def test_unreachable_url_names_the_url(tmp_path: Path):
@@ -484,3 +497,174 @@ def test_download_flow_with_prefect_tasks(prefect_api, server: Server, tmp_path:
     assert (out / "drop.csv").read_bytes() == CSV * 50
     assert ("/drop.csv", f"bytes={len(CSV * 50) // 2}-") in server.requests  # resumed by a Prefect retry
     assert [r for r in server.requests if r[0] == "/missing.zip"] == [("/missing.zip", None)]  # 404: no retry
+
+
+# ------------------------------------------------------------------------------- hardening (issue 9)
+class AlwaysShort(BaseHTTPRequestHandler):
+    """Announces 20 bytes, sends 10 and closes, on every request (it ignores Range)."""
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "20")
+        self.end_headers()
+        self.wfile.write(b"0123456789")
+        self.close_connection = True
+
+
+def test_partial_downloads_never_live_inside_the_out(tmp_path: Path):
+    """A run whose item keeps failing mid-body leaves its partial file beside the out, not in it, so a
+    DVC commit of the out never caches (and links back) a file that the next run appends to."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), AlwaysShort)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/ann/train.csv"
+        out = tmp_path / "raw" / "kinetics"
+        summary = download.run("kinetics", http_cfg(url), out)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert (summary["ok"], summary["failed"]) == (0, 1)
+    assert failures(out)[0]["reason"] == f"{url}: connection closed after 10 of 20 bytes; will resume"
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == ["failures.jsonl", "summary.json"]
+    part = tmp_path / "raw" / ".partial" / "kinetics" / f"{download._url_key(url)}.part"
+    assert part.read_bytes() == b"0123456789"
+
+
+def test_a_linked_partial_is_started_over_never_appended(server: Server, tmp_path: Path):
+    """A partial file that has another hard link (as a cache object would) is not appended to: the
+    download starts from zero and the other link keeps its bytes."""
+    body = b"label,youtube_id\n" + b"y" * 4000
+    url = server.add("/ann/val.csv", body)
+    out = tmp_path / "out"
+    part = download.partial_dir(out) / f"{download._url_key(url)}.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(body[:100])
+    cache = tmp_path / "cache-object"
+    os.link(part, cache)
+    summary = download.run("kinetics", http_cfg(url), out)
+    assert summary["ok"] == 1 and (out / "val.csv").read_bytes() == body
+    assert server.requests == [("/ann/val.csv", None)]  # from zero, no Range
+    assert cache.read_bytes() == body[:100]
+
+
+def test_annotation_urls_must_be_http_naming_the_key():
+    with pytest.raises(ConfigError) as exc:
+        DatasetConfig(
+            format="kinetics",
+            source="local",
+            uri=("raw",),
+            annotations=("https://a/b.csv", "file:///etc/passwd"),
+        )
+    assert str(exc.value) == "annotations[1]: must be an http(s) URL, got 'file:///etc/passwd'"
+    with pytest.raises(ConfigError, match=r"^uri\[0\]: must be an http\(s\) URL, got 'ftp://x/y.tar'$"):
+        DatasetConfig(format="kinetics", source="http", uri=("ftp://x/y.tar",))
+
+
+def test_budget_and_cap_params_are_checked():
+    with pytest.raises(ConfigError, match=r"^failure_budget: must be a fraction in \[0, 1\], got 1.5$"):
+        DatasetConfig(format="kinetics", failure_budget=1.5)
+    with pytest.raises(ConfigError, match=r"^max_archive_members: must be >= 1, got 0$"):
+        DatasetConfig(format="kinetics", max_archive_members=0)
+
+
+def test_a_redirect_to_another_scheme_is_refused(server: Server, tmp_path: Path):
+    server.redirects["/ann/train.csv"] = "ftp://127.0.0.1/train.csv"
+    server.redirects["/ok.csv"] = "/real.csv"  # http -> http is followed
+    server.add("/real.csv", CSV)
+    url, ok = server.url + "/ann/train.csv", server.url + "/ok.csv"
+    out = tmp_path / "out"
+    summary = download.run("kinetics", http_cfg(ok, annotations=(url,)), out)
+    assert (summary["ok"], summary["failed"]) == (1, 1)
+    assert failures(out)[0]["reason"] == (
+        f"{url}: redirect to 'ftp://127.0.0.1/train.csv' refused (only http(s) is followed)"
+    )
+    assert (out / "ok.csv").read_bytes() == CSV and not (out / "train.csv").exists()
+
+
+def test_same_url_twice_is_one_item_and_same_file_name_is_refused(server: Server, tmp_path: Path):
+    first = server.add("/a/train.csv", CSV)
+    second = server.add("/b/train.csv", CSV.replace(b"abseiling", b"climbing"))
+    out = tmp_path / "out"
+    summary = download.run("kinetics", http_cfg(first, second, first, annotations=(first,)), out, workers=2)
+    assert (summary["items"], summary["ok"], summary["failed"]) == (2, 1, 1)
+    assert failures(out) == [
+        {
+            "id": second,
+            "kind": "http",
+            "source": second,
+            "reason": f"{second}: file name 'train.csv' is also the file of {first}; rename or drop one",
+        }
+    ]
+    assert (out / "train.csv").read_bytes() == CSV
+    assert [r[0] for r in server.requests] == ["/a/train.csv"]
+
+
+def test_same_named_archives_from_two_urls_both_extract(server: Server, tmp_path: Path):
+    a = server.add("/a/part.tar.gz", make_tar({"train/a.mp4": b"a" * 5000}))
+    b = server.add("/b/part.tar.gz", make_tar({"train/b.mp4": b"b" * 7000}))
+    out = tmp_path / "out"
+    summary = download.run("kinetics", http_cfg(a, b), out, workers=2)
+    assert (summary["ok"], summary["failed"]) == (2, 0)
+    assert (out / "train" / "a.mp4").read_bytes() == b"a" * 5000
+    assert (out / "train" / "b.mp4").read_bytes() == b"b" * 7000
+
+
+def test_archive_caps_refuse_the_whole_archive(server: Server, tmp_path: Path):
+    members = {f"train/{i}.mp4": b"x" * 1000 for i in range(3)}
+    tar_url = server.add("/many.tar.gz", make_tar(members))
+    zip_url = server.add("/big.zip", make_zip({"train/big.mp4": b"z" * 5000}))
+    cfg = dataclasses.replace(http_cfg(tar_url, zip_url), max_archive_members=2, max_extract_bytes=4000)
+    out = tmp_path / "out"
+    summary = download.run("kinetics", cfg, out)
+    assert (summary["ok"], summary["failed"]) == (0, 2)
+    assert {r["id"]: r["reason"] for r in failures(out)} == {
+        tar_url: f"{tar_url}: 3 members, over the cap of 2 (max_archive_members); nothing was extracted",
+        zip_url: f"{zip_url}: 5000 bytes to extract, over the cap of 4000 (max_extract_bytes); nothing was extracted",
+    }
+    assert not (out / "train").exists()
+
+
+def test_a_second_download_run_on_the_same_out_fails_at_start(server: Server, tmp_path: Path):
+    url = server.add("/a.csv", CSV)
+    out = tmp_path / "out"
+    locked = pytest.raises(StageLockedError, match=r"is in use by another download run")
+    with stage_lock(out, "download"), locked:
+        download.run("kinetics", http_cfg(url), out)
+    assert not out.exists() and server.requests == []
+    assert download.run("kinetics", http_cfg(url), out)["ok"] == 1
+
+
+def test_main_exits_1_over_the_failure_budget_with_a_summary(tmp_path: Path, capsys, caplog):
+    folder = tmp_path / "src"
+    folder.mkdir()
+    (folder / "a.mp4").write_bytes(b"a")
+    with socket.socket() as s:  # nobody listening: the annotation fails after its retries
+        s.bind(("127.0.0.1", 0))
+        gone = f"http://127.0.0.1:{s.getsockname()[1]}/train.csv"
+    data = yaml.safe_load((Path(__file__).parents[1] / "fixtures" / "params-micro.yaml").read_text())
+    data["datasets"]["kinetics"] = {
+        "format": "kinetics",
+        "source": "local",
+        "uri": [str(folder)],
+        "annotations": [gone],
+    }
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(data))
+    argv = ["kinetics", "--out", str(tmp_path / "raw"), "--params", str(params), "--no-prefect"]
+    assert download.main(argv) == 1
+    printed = capsys.readouterr().out
+    assert "== download kinetics (local) ==" in printed
+    assert "all                 2        1        1        0" in printed and "      1  network" in printed
+    reason = "split 'all': 1 of 2 items failed (50.0%), over failure_budget 0.1 (see failures.jsonl)"
+    assert f"result: FAILED: {reason}" in printed
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [
+        f"download kinetics: {reason}"
+    ]
+    data["datasets"]["kinetics"]["failure_budget"] = 0.5
+    params.write_text(yaml.safe_dump(data))
+    assert download.main(argv) == 0
+    assert "all                 2        1        1        1" in capsys.readouterr().out  # a.mp4 reused

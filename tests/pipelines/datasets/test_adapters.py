@@ -45,6 +45,38 @@ def test_get_adapter_and_split_names():
         normalise_split("holdout", "row 3")
 
 
+def test_params_splits_are_normalised_as_the_adapters_do(tmp_path: Path):
+    """``datasets.<ds>.splits`` goes through the adapters' table: ``validation`` is ``val``; an unknown
+    name or one split named twice is refused, naming the key (it would give an empty shard folder)."""
+    from tubevit.config.base import ConfigError
+    from tubevit.config.data import DatasetConfig
+
+    cfg = DatasetConfig(format="ssv2", splits=("Train", "validation"))
+    assert cfg.splits == ("train", "val") == tuple(normalise_split(s) for s in ("Train", "validation"))
+    with pytest.raises(ConfigError) as exc:
+        DatasetConfig(format="kinetics", splits=("train", "dev"))
+    assert (
+        str(exc.value)
+        == "splits[1]: unknown split 'dev'; known: test, train, training, val, valid, validate, validation"
+    )
+    with pytest.raises(ConfigError, match=r"^splits\[1\]: 'validate' names split 'val' twice$"):
+        DatasetConfig(format="kinetics", splits=("val", "validate"))
+
+    import yaml
+
+    from pipelines.params import load_params
+
+    data = yaml.safe_load((Path(__file__).parents[2] / "fixtures" / "params-micro.yaml").read_text())
+    data["datasets"]["kinetics"]["splits"] = ["train", "validation", "holdout"]
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"^datasets\.kinetics\.splits\[2\]: unknown split 'holdout'"):
+        load_params(params)
+    data["datasets"]["kinetics"]["splits"] = ["train", "validation"]
+    params.write_text(yaml.safe_dump(data))
+    assert load_params(params).dataset("kinetics").splits == ("train", "val")
+
+
 def test_item_is_frozen():
     item = Item(id="a", split="train", source="a.mp4", label=1, labels=(1,))
     with pytest.raises(AttributeError):
@@ -133,6 +165,11 @@ def test_kinetics_400_val_csv_with_is_cc(tmp_path: Path):
         ("abseiling,,0,10,train", r"train.csv:3: empty youtube_id"),
         ("abseiling,-x,0,10,holdout", r"train.csv:3: unknown split 'holdout'"),
         ("abseiling,-0Hy_ZGzUPo,0,10,train", r"train.csv:3: duplicate clip -0Hy_ZGzUPo_000000_000010"),
+        # a YouTube id is 11 characters of [A-Za-z0-9_-]: never a path or a URL
+        ("abseiling,../../etc/x,0,10,train", r"train.csv:3: youtube_id '../../etc/x' is not 11 characters"),
+        ("abseiling,a/b/c/d/e/f,0,10,train", r"train.csv:3: youtube_id 'a/b/c/d/e/f' is not 11 characters"),
+        ("abseiling,-0Hy_ZGzUPo_,0,10,train", r"train.csv:3: youtube_id '-0Hy_ZGzUPo_' is not 11 characters"),
+        ("abseiling,short,0,10,train", r"train.csv:3: youtube_id 'short' is not 11 characters"),
     ],
 )
 def test_kinetics_malformed_rows_name_file_and_line(tmp_path: Path, row: str, reason: str):
