@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/train.py [--steps 6] [--warmup 2] [--out benchmarks/results/train.json]
 
-1. CPU, fp32: ``tubevit.train.loop.train`` on one repeated synthetic batch (no data loading), for the
+1. CPU, fp32: ``tubevit.train.loop.train`` on one repeated synthetic uint8 batch (no data loading; the loop
+   normalises it on the device, as it does the loaders' batches), for the
    embedded default (nano and tiny, ``embedded`` tubes, 16x64^2, batch 16) and tiny at paper geometry
    (``paper`` tubes, 32x224^2, batch 2). clips/s is the median over the measured steps (the first
    ``--warmup`` steps are dropped); GFLOP/s counts a training step as 3 forward passes (MACs from
@@ -65,8 +66,10 @@ def measure(
         meta_model = create_model(variant, tubes, {"kinetics": NUM_CLASSES})
     # counted outside the meta context: the memoised position embedding must be computed on the CPU
     macs = count_macs(meta_model, (1, 3, frames, size, size), "kinetics")
-    video = torch.randn(batch, 3, frames, size, size)
+    video = torch.randint(0, 256, (batch, 3, frames, size, size), dtype=torch.uint8)  # as the loaders yield
     label = torch.randint(0, NUM_CLASSES, (batch,))
+    if device == "cuda":  # the loaders pin their batches when CUDA is available
+        video, label = video.pin_memory(), label.pin_memory()
 
     def batches(start):
         while True:
@@ -94,6 +97,7 @@ def measure(
         "batch": batch,
         "device": device,
         "precision": "bf16 autocast" if device == "cuda" else "fp32",
+        "input": "uint8, normalised in the step",
         "gmacs_per_clip": round(macs / 1e9, 3),
         "clips_per_s": round(clips_per_s, 2),
         "step_s_median": round(statistics.median(r["seconds"] for r in measured), 4),

@@ -21,7 +21,6 @@ Controls for temporal modelling: :func:`shuffle_frames` (frames permuted inside 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,7 +30,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from tubevit.data.augment import to_model_input
 from tubevit.train import distributed
+from tubevit.train.loop import check_uint8
+from tubevit.train.precision import autocast, input_dtype, resolve_precision
+from tubevit.train.prefetch import DevicePrefetcher
 
 __all__ = [
     "AGGREGATES",
@@ -137,18 +140,22 @@ def gather_views(
 
 
 def shuffle_frames(video: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Control: permute the T frames of each clip independently. ``(B, C, T, H, W)`` -> same shape."""
+    """Control: permute the T frames of each clip independently. ``(B, C, T, H, W)`` -> same shape, on
+    ``video``'s device (uint8 or float). ``generator`` is a CPU generator; the draws do not depend on the
+    device."""
     B, _C, T = video.shape[:3]
     order = torch.stack([torch.randperm(T, generator=generator) for _ in range(B)])  # (B, T)
+    order = order.to(video.device, non_blocking=True)
     index = order.view(B, 1, T, 1, 1).expand(-1, video.shape[1], -1, *video.shape[3:])
-    return video.gather(2, index.to(video.device))
+    return video.gather(2, index)
 
 
 def static_frames(video: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Control: one random frame of each clip repeated T times. ``(B, C, T, H, W)`` -> same shape."""
+    """Control: one random frame of each clip repeated T times. ``(B, C, T, H, W)`` -> same shape, on
+    ``video``'s device. ``generator`` is a CPU generator."""
     B, _C, T = video.shape[:3]
-    pick = torch.randint(0, T, (B,), generator=generator)  # (B,)
-    frames = video[torch.arange(B), :, pick.to(video.device)]  # (B, C, H, W)
+    pick = torch.randint(0, T, (B,), generator=generator).to(video.device, non_blocking=True)  # (B,)
+    frames = video[torch.arange(B, device=video.device), :, pick]  # (B, C, H, W)
     return frames.unsqueeze(2).expand(-1, -1, T, -1, -1).contiguous()
 
 
@@ -161,47 +168,115 @@ def predict(
     device: str | torch.device = "cpu",
     transform: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
     seed: int = 0,
+    precision: str = "auto",
 ) -> Predictions:
     """Run ``model(video, dataset)`` over evaluation batches and gather the logits by clip key and view.
 
     Args:
         model: ``model(x (B, C, T, H, W), dataset) -> logits (B, K)``; put in eval mode.
-        batches: the evaluation loader's dicts with ``video``, ``label``, ``key`` and ``view`` (``view``
-            may be absent: one view per clip).
-        transform: an optional control applied to each video batch (:func:`shuffle_frames`,
-            :func:`static_frames`), drawing from a generator seeded with ``seed``.
+        batches: the evaluation loader's dicts with uint8 ``video`` ``(B, C, T, H, W)``, ``label``, ``key``
+            and ``view`` (a list of ints; may be absent: one view per clip). They are copied to ``device``
+            ahead of use (:class:`~tubevit.train.prefetch.DevicePrefetcher`) and normalised there
+            (:func:`tubevit.data.augment.to_model_input`).
+        transform: an optional control applied to each uint8 video batch on the device
+            (:func:`shuffle_frames`, :func:`static_frames`), drawing from a CPU generator seeded with
+            ``seed``.
+        precision: ``auto`` (bf16 on CUDA, fp32 on the CPU), ``bf16``, ``fp16`` or ``fp32``: autocast and
+            the input dtype (:mod:`tubevit.train.precision`).
 
-    Under torchrun every rank predicts its part and the parts are gathered on every rank (CPU tensors).
-    bf16 autocast on CUDA.
+    The logits stay on the device: nothing is copied to the host per batch. Each rank groups its rows by
+    clip into ``(n_r, V, K)`` on the device (the views of a clip are on one rank: the evaluation loader
+    splits by sample); under torchrun the ranks then exchange these fixed-size tensors (padded to the
+    largest rank) with ``all_gather`` and only the clip keys as objects. Every rank returns the whole
+    result, copied to the CPU once.
+
+    Raises:
+        ValueError: no batch at all (on any rank), a clip with missing or repeated views, or a clip seen
+            on two ranks (each names the clip).
     """
     device = torch.device(device)
+    prec = resolve_precision(precision, device)
+    dtype = input_dtype(prec)
     model.eval()
     generator = torch.Generator().manual_seed(seed)
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-    )
     keys: list[str] = []
     views: list[int] = []
     logits: list[torch.Tensor] = []
     labels: list[torch.Tensor] = []
-    for batch in batches:
-        video = batch["video"]
+    for batch in DevicePrefetcher(batches, device):
+        check_uint8(batch, f"{dataset}: evaluation")
+        video = batch["video"].to(device, non_blocking=True)
         if transform is not None:
             video = transform(video, generator)
-        with autocast:
-            out = model(video.to(device, non_blocking=True), dataset)
-        logits.append(out.float().cpu())
-        labels.append(batch["label"].cpu())
+        x = to_model_input({**batch, "video": video}, device, dtype)
+        with autocast(device, prec):
+            out = model(x, dataset)
+        logits.append(out.float())  # (B, K) on the device
+        labels.append(batch["label"].to(device, non_blocking=True))
         keys.extend(batch["key"])
-        views.extend(batch.get("view", [0] * len(batch["key"])))
-    parts = distributed.all_gather_objects((keys, views, logits, labels))
-    keys = [k for p in parts for k in p[0]]
-    views = [v for p in parts for v in p[1]]
-    all_logits = [t for p in parts for t in p[2]]
-    all_labels = [t for p in parts for t in p[3]]
-    if not all_logits:
+        view = batch.get("view")
+        views.extend([0] * len(batch["key"]) if view is None else _ints(view))
+    local = (
+        gather_views(keys, views, torch.cat(logits), torch.cat(labels))
+        if logits
+        else None  # this rank had no batch: it still takes part in the exchange
+    )
+    merged = _gather_ranks(local, device)
+    if merged is None:
         raise ValueError(f"{dataset}: the evaluation batches were empty")
-    return gather_views(keys, views, torch.cat(all_logits), torch.cat(all_labels))
+    return Predictions(keys=merged.keys, logits=merged.logits.cpu(), labels=merged.labels.cpu())
+
+
+def _ints(view: Any) -> list[int]:
+    """A batch's ``view`` entry as ints (a list, or a tensor: a device tensor costs a host sync)."""
+    return view.tolist() if isinstance(view, torch.Tensor) else [int(v) for v in view]
+
+
+def _gather_ranks(local: Predictions | None, device: torch.device) -> Predictions | None:
+    """Every rank's per-clip predictions on every rank, clips sorted by key; ``local`` in one process.
+
+    Fixed-size tensors travel (``(n_max, V, K)`` logits and ``(n_max, ...)`` labels, padded), and the clip
+    keys with the shapes as small objects; the logits never go through pickling.
+    """
+    if not distributed.is_distributed():
+        return local
+    meta = None
+    if local is not None:
+        meta = (local.keys, tuple(local.logits.shape[1:]), tuple(local.labels.shape[1:]), local.labels.dtype)
+    metas = distributed.all_gather_objects(meta)
+    present = [m for m in metas if m is not None]
+    if not present:
+        return None
+    shapes = {(m[1], m[2], m[3]) for m in present}
+    if len(shapes) > 1:
+        raise ValueError(f"ranks disagree on (views, classes) shapes: {sorted(map(str, shapes))}")
+    (logit_shape, label_shape, label_dtype), n_max = shapes.pop(), max(len(m[0]) for m in present)
+    logits = torch.zeros(n_max, *logit_shape, device=device)
+    labels = torch.zeros(n_max, *label_shape, dtype=label_dtype, device=device)
+    if local is not None:
+        logits[: len(local.keys)] = local.logits
+        labels[: len(local.keys)] = local.labels
+    all_logits = distributed.all_gather_tensors(logits)
+    all_labels = distributed.all_gather_tensors(labels)
+    keys: list[str] = []
+    owner: dict[str, int] = {}
+    rows = []
+    for r, m in enumerate(metas):
+        if m is None:
+            continue
+        for i, key in enumerate(m[0]):
+            if key in owner:
+                raise ValueError(f"clip {key!r} was evaluated on ranks {owner[key]} and {r}")
+            owner[key] = r
+            keys.append(key)
+            rows.append(r * n_max + i)
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    index = torch.tensor([rows[i] for i in order], device=device)
+    return Predictions(
+        keys=[keys[i] for i in order],
+        logits=torch.cat(all_logits)[index],
+        labels=torch.cat(all_labels)[index],
+    )
 
 
 # ---- metrics ------------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
+from tubevit.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from tubevit.evaluate import (
     aggregate,
     charades_map,
@@ -127,29 +128,93 @@ class Echo(torch.nn.Module):
     """Logits = the first pixel of each frame (B, T): makes predict's bookkeeping visible."""
 
     def forward(self, x, dataset):
-        assert dataset == "ssv2"
+        assert dataset == "ssv2" and x.dtype == torch.float32
         return x[:, 0, :, 0, 0]
 
 
-def test_predict_gathers_views_and_applies_controls():
-    batches = [
+def level(v: float) -> float:
+    """The normalised red channel of the uint8 level ``v`` (what the model sees)."""
+    return (v / 255 - IMAGENET_MEAN[0]) / IMAGENET_STD[0]
+
+
+def eval_batches() -> list[dict]:
+    """uint8 evaluation batches (as the loader yields them): clip k1 with views 0, 1; k0 split over 2 batches."""
+    return [
         {
-            "video": torch.ones(2, 3, 2, 4, 4) * torch.tensor([1.0, 2.0]).view(2, 1, 1, 1, 1),
+            "video": (torch.ones(2, 3, 2, 4, 4) * torch.tensor([10.0, 20.0]).view(2, 1, 1, 1, 1)).to(
+                torch.uint8
+            ),
             "label": torch.tensor([0, 0]),
             "key": ["k1", "k1"],
             "view": [0, 1],
         },
-        {"video": torch.ones(1, 3, 2, 4, 4) * 3, "label": torch.tensor([1]), "key": ["k0"], "view": [0]},
-        {"video": torch.ones(1, 3, 2, 4, 4) * 4, "label": torch.tensor([1]), "key": ["k0"], "view": [1]},
+        {
+            "video": torch.full((1, 3, 2, 4, 4), 30, dtype=torch.uint8),
+            "label": torch.tensor([1]),
+            "key": ["k0"],
+            "view": [0],
+        },
+        {
+            "video": torch.full((1, 3, 2, 4, 4), 40, dtype=torch.uint8),
+            "label": torch.tensor([1]),
+            "key": ["k0"],
+            "view": [1],
+        },
     ]
+
+
+def test_predict_gathers_views_and_applies_controls():
+    batches = eval_batches()
     out = predict(Echo(), batches, "ssv2")
     assert out.keys == ["k0", "k1"] and out.labels.tolist() == [1, 0]
-    torch.testing.assert_close(out.logits, torch.tensor([[[3.0, 3.0], [4.0, 4.0]], [[1.0, 1.0], [2.0, 2.0]]]))
+    want = torch.tensor([[[level(30)] * 2, [level(40)] * 2], [[level(10)] * 2, [level(20)] * 2]])
+    torch.testing.assert_close(out.logits, want)
+    assert out.logits.device.type == "cpu"
     calls = []
 
     def control(video, generator):
+        assert video.dtype == torch.uint8  # controls permute frames before normalisation
         calls.append(video.shape)
         return video * 0
 
     zeroed = predict(Echo(), batches, "ssv2", transform=control)
-    assert calls == [(2, 3, 2, 4, 4), (1, 3, 2, 4, 4), (1, 3, 2, 4, 4)] and not zeroed.logits.any()
+    assert calls == [(2, 3, 2, 4, 4), (1, 3, 2, 4, 4), (1, 3, 2, 4, 4)]
+    torch.testing.assert_close(zeroed.logits, torch.full((2, 2, 2), level(0)))
+    floats = [{**batches[0], "video": batches[0]["video"].float()}]
+    with pytest.raises(TypeError, match=r"ssv2: evaluation: batch 'video' of dataset None is torch.float32"):
+        predict(Echo(), floats, "ssv2")
+    with pytest.raises(ValueError, match="ssv2: the evaluation batches were empty"):
+        predict(Echo(), [], "ssv2")
+
+
+def _rank_predict(rank: int, world: int, init: str, out: str) -> None:
+    torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        batches = eval_batches()
+        mine = {0: batches[:1], 1: batches[1:], 2: []}[rank]  # rank 2 has no clip at all
+        preds = predict(Echo(), mine, "ssv2")
+        torch.save({"keys": preds.keys, "logits": preds.logits, "labels": preds.labels}, f"{out}.{rank}")
+        dup = batches[:1] if rank < 2 else []  # the same clip on two ranks is refused, naming it
+        try:
+            predict(Echo(), dup, "ssv2")
+        except ValueError as exc:
+            torch.save({"error": str(exc)}, f"{out}.err{rank}")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_predict_gathers_fixed_size_tensors_across_ranks(tmp_path):
+    import torch.multiprocessing as mp
+
+    world = 3
+    init = f"file://{tmp_path / 'init'}"
+    mp.spawn(_rank_predict, args=(world, init, str(tmp_path / "p")), nprocs=world, join=True)
+    single = predict(Echo(), eval_batches(), "ssv2")
+    for rank in range(world):
+        got = torch.load(tmp_path / f"p.{rank}", weights_only=True)
+        assert got["keys"] == single.keys == ["k0", "k1"]
+        assert torch.equal(got["logits"], single.logits) and torch.equal(got["labels"], single.labels)
+        err = torch.load(tmp_path / f"p.err{rank}", weights_only=True)["error"]
+        assert err == "clip 'k1' was evaluated on ranks 0 and 1"

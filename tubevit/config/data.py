@@ -14,6 +14,8 @@ DATASET_NAMES = ("kinetics", "charades", "ssv2", "imagenet")
 
 Format = Literal["kinetics", "charades", "ssv2", "imagenet"]
 Source = Literal["synthetic", "local", "http", "youtube"]
+AugmentOn = Literal["auto", "cpu", "device"]
+AUGMENT_ON = ("auto", "cpu", "device")
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,12 @@ class LoaderConfig:
     # later epochs only slice a window and crop. 0 = off (decode every sample). Effective with workers: 0
     # (the cache lives in the training process; workers > 0 start each epoch from an empty copy).
     cache_mb: int = 0
+    # Training: where the random-resized crop and RandAugment run. "cpu": in the loader workers (batches
+    # hold the augmented uint8 clips); "device": batched on the training device (the workers only decode
+    # and draw each sample's parameters; batches hold the decoded frames and the packed parameters).
+    # "auto": "device" when training on CUDA, else the CPU choice measured fastest
+    # (tubevit.data.augment.resolve_augment_on).
+    augment_on: AugmentOn = "auto"
 
     def __post_init__(self) -> None:
         check(self.frames >= 1, "frames", f"must be >= 1, got {self.frames}")
@@ -145,3 +153,8 @@ class LoaderConfig:
         check(self.temporal_views >= 1, "temporal_views", f"must be >= 1, got {self.temporal_views}")
         check(self.spatial_views in (1, 3), "spatial_views", f"must be 1 or 3, got {self.spatial_views}")
         check(self.cache_mb >= 0, "cache_mb", f"must be >= 0 MiB, got {self.cache_mb}")
+        check(
+            self.augment_on in AUGMENT_ON,
+            "augment_on",
+            f"must be one of {', '.join(AUGMENT_ON)}, got {self.augment_on!r}",
+        )

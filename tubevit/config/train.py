@@ -5,6 +5,10 @@ Units: learning rates per optimiser step, steps are optimiser steps (each ``accu
 batch sizes are per rank and per micro-batch (``LoaderConfig.batch_size``).
 
 The global batch of one optimiser step is ``loader[ds].batch_size * accum_steps * nproc * nodes``.
+
+Execution settings shared by both training sections (passed to :func:`tubevit.train.loop.train`):
+``device``, ``compile``, ``precision`` (``auto`` = bf16 on CUDA, fp32 on the CPU; fp16 uses a grad scaler)
+and ``grad_checkpointing`` (activation checkpointing of the encoder blocks; needed for L/H at 64 frames).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ __all__ = ["EvaluateConfig", "FinetuneConfig", "OptimConfig", "PretrainConfig"]
 
 WdMode = Literal["adamw", "decoupled_unscaled", "l2"]
 Device = Literal["auto", "cpu", "cuda"]
+Precision = Literal["auto", "bf16", "fp16", "fp32"]
 
 
 @dataclass(frozen=True)
@@ -98,7 +103,9 @@ class PretrainConfig:
     checkpoint_every: int = 200  # optimiser steps between checkpoints; 0 = only at the end
     eval_every: int = 0  # optimiser steps between evaluations during training; 0 = none
     device: Device = "auto"  # auto: cuda when available
-    compile: bool = False  # torch.compile the model
+    compile: bool = False  # torch.compile the model (dynamic=False: one graph per input shape)
+    precision: Precision = "auto"  # bf16 | fp16 (with a grad scaler) | fp32; auto: bf16 on CUDA, fp32 on CPU
+    grad_checkpointing: bool = False  # recompute the encoder blocks in the backward pass (saves memory)
     nproc: int = 1  # torchrun processes per node
     seed: int = 0
     init_from: str | None = None  # image-to-video scaling: weights to start from (image ViT or TubeViT)
@@ -164,6 +171,8 @@ class FinetuneConfig:
     eval_every: int = 0
     device: Device = "auto"
     compile: bool = False
+    precision: Precision = "auto"
+    grad_checkpointing: bool = False
     nproc: int = 1
     seed: int = 0
     tubes: str | None = None  # tube-set name override, e.g. "charades_interpolated"

@@ -2,12 +2,28 @@
 
 Batches are dicts::
 
-    {"video": float32 (B, C, T, H, W), normalised (images: T == 1),
+    {"video": uint8 (B, C, T, H, W) (images: T == 1),
      "label": int64 (B,)  or  float32 multi-hot (B, K),
      "dataset": str, "key": list[str]}
 
-evaluation batches also hold ``"view": list[int]`` (the view of the clip, ``v * S + s`` for temporal view v
-and spatial view s), and ``"label"`` is the video-level label.
+Conversion to float and ImageNet normalisation happen on the training device
+(:func:`tubevit.data.augment.to_model_input`). Training batches depend on ``LoaderConfig.augment_on``:
+
+- ``cpu``: ``"video"`` holds the cropped and augmented clips, ``(B, C, T, size, size)``.
+- ``device``: ``"video"`` holds the decoded frames zero-padded to the batch's largest H, W, and ``"aug"`` the
+  float32 ``(B, P)`` packed crop + RandAugment parameters (:func:`~tubevit.data.augment.pack_params`);
+  ``augment_batch`` applies them on the device. The workers only decode and draw the parameters. The
+  video tensor is channels last in memory (a ``(B, T, H, W, C)`` buffer seen as ``(B, C, T, H, W)``), so
+  no transpose runs on the CPU; a device copy (``.to(device)``) keeps those strides.
+- ``auto``: ``device`` when CUDA exists; the stage resolves it for its training device with
+  :func:`~tubevit.data.augment.resolve_augment_on` and passes the result.
+
+Every sample's parameters, whichever side applies them, are drawn from its own seed, so a sample looks the
+same with either setting up to interpolation numerics. Tensors are written once, in their final layout,
+into pinned memory when CUDA exists (shared memory inside DataLoader workers; the DataLoader pins them).
+
+Evaluation batches are uint8 ``(B, C, T, size, size)`` too, and also hold ``"view": list[int]`` (the view
+of the clip, ``v * S + s`` for temporal view v and spatial view s); ``"label"`` is the video-level label.
 
 Training (:class:`ClipLoader` from :func:`train_loader`)
     ``wds.ResampledShards(urls, seed, deterministic=True)`` with rank and worker folded into the seed, a
@@ -17,6 +33,9 @@ Training (:class:`ClipLoader` from :func:`train_loader`)
     Data order is a pure function of (seed, epoch, rank, worker count, batch index); each sample's
     augmentation is a pure function of (seed, epoch, ``__key__``). Resume: ``start_batch`` skips the
     samples of the batches already consumed, before decoding (data position = step count).
+    An undecodable sample is counted, logged with its key and reason, and replaced by the next decodable
+    sample of the worker's stream (:class:`_DecodeReplacing`: the replacement looks forward only, so the
+    resume skip stays exact); a shard set with no decodable sample raises :class:`NoSamplesError`.
     ``LoaderConfig.cache_mb > 0`` keeps each decoded video (all frames) in memory across epochs
     (:class:`DecodedCache`, per loader, in the process that decodes): later reads slice the same window
     from memory, so batches are identical with and without the cache.
@@ -43,6 +62,7 @@ import importlib
 import io
 import json
 import logging
+import math
 import random
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -54,7 +74,8 @@ import torch
 import webdataset as wds
 
 from tubevit.config.data import LoaderConfig
-from tubevit.data.transforms import EvalTransform, TrainTransform, sample_seed
+from tubevit.data.augment import augment_clip, draw_clip_params, pack_params, resolve_augment_on
+from tubevit.data.transforms import EvalTransform, sample_seed
 from tubevit.data.video import DecodeError, decode_all, decode_clip_eval, decode_clip_train, train_indices
 
 log = logging.getLogger(__name__)
@@ -63,6 +84,7 @@ __all__ = [
     "ClipLoader",
     "DecodedCache",
     "JointBatches",
+    "NoSamplesError",
     "check_complete",
     "dataset_for_step",
     "eval_loader",
@@ -300,8 +322,33 @@ class DecodedCache:
         return array
 
 
+def _pin() -> bool:
+    """Whether batches go to pinned host memory here: CUDA exists and this is not a loader worker (a
+    worker's batches cross to the main process through shared memory; the DataLoader pins them there)."""
+    return torch.cuda.is_available() and torch.utils.data.get_worker_info() is None
+
+
+def _empty(shape: tuple[int, ...], dtype: torch.dtype, *, zero: bool = False) -> torch.Tensor:
+    """An uninitialised (or zeroed) CPU tensor where a batch is assembled once, in its final place: pinned
+    memory in the main process when CUDA exists, shared memory in a DataLoader worker (as the default
+    collate does: no copy when the batch crosses to the main process), plain memory otherwise."""
+    if torch.utils.data.get_worker_info() is not None:
+        numel = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        out = torch.empty(0, dtype=dtype).set_(torch.UntypedStorage._new_shared(numel)).view(shape)
+    else:
+        out = torch.empty(shape, dtype=dtype, pin_memory=_pin())
+    return out.zero_() if zero else out
+
+
 class _TrainSample:
-    """Decode + augment one training sample (runs in the worker)."""
+    """Decode one training sample and draw its augmentation; apply it here or leave it to the device.
+
+    ``augment_on="cpu"``: ``{"video": uint8 (C, T, size, size), "label", "key"}``, cropped and augmented.
+    ``augment_on="device"``: ``{"video": uint8 (T, H, W, C) decoded frames, "params": ClipParams, ...}``;
+    the crop and RandAugment run batched on the training device from the packed parameters.
+    Both draw the same parameters for a sample: :func:`~tubevit.data.augment.draw_clip_params` of the
+    seed that follows the window draw of ``random.Random(sample_seed(seed, epoch, __key__))``.
+    """
 
     def __init__(
         self,
@@ -311,29 +358,35 @@ class _TrainSample:
         seed: int,
         epoch: int,
         cache: DecodedCache | None = None,
+        augment_on: str = "cpu",
     ):
+        if augment_on not in ("cpu", "device"):
+            raise ValueError(f"augment_on must be 'cpu' or 'device' here, got {augment_on!r}")
         self.cache = cache
         self.frames = lcfg.frames
         self.num_classes = num_classes
         self.multilabel = multilabel
         self.seed = seed
         self.epoch = epoch
-        self.transform = TrainTransform(
-            lcfg.size,
-            scale=lcfg.crop_scale,
-            ratio=lcfg.crop_ratio,
-            randaugment=lcfg.randaugment,
-            num_ops=lcfg.randaugment_ops,
-            magnitude=lcfg.randaugment_magnitude,
-        )
+        self.augment_on = augment_on
+        self.aug = {
+            "size": lcfg.size,
+            "scale": lcfg.crop_scale,
+            "ratio": lcfg.crop_ratio,
+            "randaugment": lcfg.randaugment,
+            "num_ops": lcfg.randaugment_ops,
+            "magnitude": lcfg.randaugment_magnitude,
+        }
 
     def __call__(self, sample: dict) -> dict:
         key = sample["__key__"]
         name = f"{sample.get('__url__')}:{key}"
-        meta = json.loads(sample["json"])
+        try:
+            meta = json.loads(sample["json"])
+        except (KeyError, ValueError) as exc:
+            raise DecodeError(f"{name}: no readable json member ({exc!r})") from None
         ext, data = _media(sample)
-        s = sample_seed(self.seed, self.epoch, key)
-        rng = random.Random(s)
+        rng = random.Random(sample_seed(self.seed, self.epoch, key))
         url = str(sample.get("__url__"))
         if ext == "mp4":
             if self.cache is not None:
@@ -354,12 +407,129 @@ class _TrainSample:
             else:
                 frames = _decode_image(data, name)
             label = _video_label(meta, self.num_classes, self.multilabel)
-        video = self.transform(frames, rng.getrandbits(63))  # (C, T, H, W)
-        return {"video": video, "label": label, "key": key}
+        frames = torch.from_numpy(np.ascontiguousarray(frames))  # (T, H, W, C): no copy when contiguous
+        params = draw_clip_params(rng.getrandbits(63), int(frames.shape[1]), int(frames.shape[2]), **self.aug)
+        if self.augment_on == "cpu":  # (C, T, size, size), cropped and augmented here
+            return {"video": augment_clip(frames, params), "label": label, "key": key}
+        return {"video": frames, "params": params, "label": label, "key": key}
+
+
+class NoSamplesError(RuntimeError):
+    """A training shard set yields no decodable sample (every shard unreadable or every sample bad)."""
+
+
+class _Guard:
+    """Counts a worker's undecodable samples and unreadable shards, logs each with its key and reason, and
+    fails with :class:`NoSamplesError` when the shard set yields nothing (instead of resampling forever).
+
+    The check is exact and cheap: the first time a sample fails (or every shard has been drawn once and
+    none held a sample) before any sample decoded in this worker, the worker reads the shards in order
+    until one sample decodes; if none does, the set yields nothing. ``counts`` is shared with the
+    :class:`ClipLoader` when the pipeline runs in its process (``workers: 0``).
+    """
+
+    def __init__(self, urls: list[str], dataset: str, decode: Callable[[dict], dict], counts: dict):
+        self.urls = list(urls)
+        self.dataset = dataset
+        self.decode = decode
+        self.counts = counts
+        self.decoded = 0
+        self.drawn = 0
+        self.read = 0
+        self.verified = False
+
+    def shard_error(self, exn: Exception) -> bool:
+        """webdataset handler of a shard that cannot be read: count, log, continue."""
+        self.counts["shard_errors"] = self.counts.get("shard_errors", 0) + 1
+        log.warning("%s: skipping an unreadable training shard: %s", self.dataset, exn)
+        return True
+
+    def failed(self, sample: dict, exc: Exception) -> None:
+        self.counts["skipped"] = self.counts.get("skipped", 0) + 1
+        log.warning(
+            "%s: undecodable training sample %s:%s (%s); replaced by the next decodable one (%d skipped)",
+            self.dataset,
+            sample.get("__url__"),
+            sample.get("__key__"),
+            exc,
+            self.counts["skipped"],
+        )
+        if self.decoded == 0:
+            self.verify()
+
+    def urls_stage(self, src: Iterable[dict]) -> Iterator[dict]:
+        for item in src:
+            self.drawn += 1
+            if self.read == 0 and self.drawn > len(self.urls):
+                self.verify()
+            yield item
+
+    def samples_stage(self, src: Iterable[dict]) -> Iterator[dict]:
+        for sample in src:
+            self.read += 1
+            yield sample
+
+    def verify(self) -> None:
+        """Read the shards in order until one sample decodes; raise :class:`NoSamplesError` if none does."""
+        if self.verified:
+            return
+        reasons: list[str] = []
+        samples = 0
+
+        def note(exn: Exception) -> bool:
+            reasons.append(str(exn))
+            return True
+
+        for url in self.urls:
+            pipe = wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples(handler=note))
+            for sample in pipe:
+                samples += 1
+                try:
+                    self.decode(sample)
+                except Exception as exc:
+                    reasons.append(f"{sample.get('__key__')}: {exc}")
+                    continue
+                self.verified = True
+                return
+        first = f"; first failure: {reasons[0]}" if reasons else ""
+        raise NoSamplesError(
+            f"{self.dataset}: the training shard set yields no decodable sample "
+            f"({len(self.urls)} shards, {samples} samples, all unusable){first}"
+        )
+
+
+class _DecodeReplacing:
+    """Pipeline stage: decode each sample; an undecodable one is counted, logged and replaced by the next
+    decodable sample of the same stream (emitted once more for each one it replaces).
+
+    The replacement looks only forward, so it does not depend on where the iteration started: the k-th
+    sample out is a function of the raw samples k, k+1, ... of the worker's stream, and the resume skip
+    (``start_batch`` x batch size raw samples, :func:`_skip_consumed`) stays exact with bad samples.
+    """
+
+    def __init__(self, decode: Callable[[dict], dict], guard: _Guard):
+        self.decode = decode
+        self.guard = guard
+
+    def __call__(self, src: Iterable[dict]) -> Iterator[dict]:
+        pending = 0
+        for sample in src:
+            try:
+                out = self.decode(sample)
+            except NoSamplesError:
+                raise
+            except Exception as exc:
+                self.guard.failed(sample, exc)
+                pending += 1
+                continue
+            self.guard.decoded += 1
+            for _ in range(pending + 1):
+                yield out
+            pending = 0
 
 
 class _EvalSample:
-    """Decode one evaluation sample into its V x S views (runs in the worker)."""
+    """Decode one evaluation sample into its V x S views, uint8 ``(C, T, size, size)`` (runs in the worker)."""
 
     def __init__(self, lcfg: LoaderConfig, num_classes: int, multilabel: bool):
         self.frames = lcfg.frames
@@ -381,31 +551,68 @@ class _EvalSample:
             label = _video_label(meta, self.num_classes, self.multilabel)
             spatial = self.transform.spatial_views
             for v, clip in enumerate(clips):
-                for s, view in enumerate(self.transform(clip)):  # (S, C, T, H, W)
+                views = self.transform.crops(clip).transpose(1, 2)  # uint8 (S, C, T, size, size), a view
+                for s, view in enumerate(views):
                     yield {"video": view, "label": label, "key": key, "view": v * spatial + s}
 
 
+def _batched(batch_size: int, collate: Callable[[list[dict]], dict], partial: bool) -> Callable:
+    """Pipeline stage: batches of ``batch_size`` samples, each yielded as soon as it is full.
+
+    (``wds.batched`` yields a batch only once the next sample has been decoded: one decode wasted per
+    epoch and per worker, and every batch waits for the next batch's first sample.) ``partial``: also
+    yield the last, smaller batch.
+    """
+
+    def stage(src: Iterable[dict]) -> Iterator[dict]:
+        batch: list[dict] = []
+        for sample in src:
+            batch.append(sample)
+            if len(batch) == batch_size:
+                yield collate(batch)
+                batch = []
+        if batch and partial:
+            yield collate(batch)
+
+    return stage
+
+
 class _Collate:
-    """Stack samples into a batch dict that names its dataset."""
+    """Assemble samples into a batch dict that names its dataset, each tensor written once in its place.
+
+    ``"video"`` is uint8 ``(B, C, T, H, W)``: the samples' clips stacked (cpu augmentation, evaluation);
+    or, for device augmentation, the decoded ``(T, H, W, C)`` frames copied into a zero-padded
+    ``(B, T, Hmax, Wmax, C)`` buffer and returned as its ``(B, C, T, H, W)`` view (channels last in
+    memory: no transpose on the CPU; the device copy keeps the strides), with ``"aug"`` float32 ``(B, P)``
+    from :func:`~tubevit.data.augment.pack_params`. Pinned when CUDA exists (see :func:`_empty`).
+    """
 
     def __init__(self, dataset: str):
         self.dataset = dataset
 
     def __call__(self, samples: list[dict]) -> dict:
-        batch = {
-            "video": torch.stack([s["video"] for s in samples]),
-            "label": torch.stack([s["label"] for s in samples]),
-            "dataset": self.dataset,
-            "key": [s["key"] for s in samples],
-        }
+        videos = [s["video"] for s in samples]
+        batch: dict[str, Any] = {}
+        if "params" in samples[0]:
+            t, c = videos[0].shape[0], videos[0].shape[3]
+            h, w = max(v.shape[1] for v in videos), max(v.shape[2] for v in videos)
+            ragged = any(v.shape[1:3] != (h, w) for v in videos)
+            buffer = _empty((len(videos), t, h, w, c), torch.uint8, zero=ragged)
+            for b, v in enumerate(videos):
+                buffer[b, :, : v.shape[1], : v.shape[2]].copy_(v)
+            batch["video"] = buffer.permute(0, 4, 1, 2, 3)
+            packed = pack_params([s["params"] for s in samples])
+            batch["aug"] = _empty(tuple(packed.shape), packed.dtype).copy_(packed)
+        else:
+            out = _empty((len(videos), *videos[0].shape), videos[0].dtype)
+            batch["video"] = torch.stack(videos, out=out)
+        labels = [s["label"] for s in samples]
+        batch["label"] = torch.stack(labels, out=_empty((len(labels), *labels[0].shape), labels[0].dtype))
+        batch["dataset"] = self.dataset
+        batch["key"] = [s["key"] for s in samples]
         if "view" in samples[0]:
             batch["view"] = [s["view"] for s in samples]
         return batch
-
-
-def _warn_and_continue(exn: Exception) -> bool:
-    log.warning("skipping a training sample: %s", exn)
-    return True
 
 
 # --------------------------------------------------------------------------------------------- loaders
@@ -450,6 +657,13 @@ class ClipLoader:
         self.start_batch = start_batch
         # decoded media kept across epochs (in this process: see LoaderConfig.cache_mb)
         self.cache = DecodedCache(lcfg.cache_mb * 1024 * 1024) if lcfg.cache_mb > 0 else None
+        # "auto": device when CUDA exists (the stage passes the resolved value for its training device)
+        self.augment_on = resolve_augment_on(
+            lcfg.augment_on, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        )
+        # undecodable samples ("skipped") and unreadable shards ("shard_errors") seen in this process
+        # (workers: 0; DataLoader workers count in their own copies and log each one)
+        self.counts: dict[str, int] = {"skipped": 0, "shard_errors": 0}
 
     def __len__(self) -> int:
         return self.epoch_batches
@@ -457,6 +671,10 @@ class ClipLoader:
     def pipeline(self, epoch: int, start_batch: int = 0) -> wds.DataPipeline:
         """The per-worker sample pipeline of ``epoch`` (an IterableDataset of batches)."""
         lcfg = self.lcfg
+        decode = _TrainSample(
+            lcfg, self.num_classes, self.multilabel, self.seed, epoch, self.cache, self.augment_on
+        )
+        guard = _Guard(self.urls, self.dataset, decode, self.counts)
         return wds.DataPipeline(
             wds.ResampledShards(
                 self.urls,
@@ -464,15 +682,14 @@ class ClipLoader:
                 worker_seed=_WorkerSeed(self.rank, start_batch),
                 deterministic=True,
             ),
+            guard.urls_stage,
             _ensure_handlers,
-            wds.tarfile_to_samples(handler=_warn_and_continue),
+            wds.tarfile_to_samples(handler=guard.shard_error),
+            guard.samples_stage,
             _seeded_shuffle(lcfg.shuffle_buffer, sample_seed(self.seed, epoch), self.rank, start_batch),
             _skip_consumed(start_batch, lcfg.batch_size),
-            wds.map(
-                _TrainSample(lcfg, self.num_classes, self.multilabel, self.seed, epoch, self.cache),
-                handler=_warn_and_continue,
-            ),
-            wds.batched(lcfg.batch_size, collation_fn=_Collate(self.dataset), partial=False),
+            _DecodeReplacing(decode, guard),
+            _batched(lcfg.batch_size, _Collate(self.dataset), partial=False),
         )
 
     def __iter__(self) -> Iterator[dict]:
@@ -481,12 +698,14 @@ class ClipLoader:
         if start == self.epoch_batches:
             return iter(())  # resumed at the end of the epoch (with_epoch(0) would mean "no limit")
         register_fsspec_handlers()
+        workers = self.lcfg.workers
         loader = wds.WebLoader(
             self.pipeline(epoch, start),
             batch_size=None,
-            num_workers=self.lcfg.workers,
-            worker_init_fn=_worker_init if self.lcfg.workers else None,
+            num_workers=workers,
+            worker_init_fn=_worker_init if workers else None,
             persistent_workers=False,
+            pin_memory=bool(workers) and torch.cuda.is_available(),  # workers: 0 pins in the collate
         ).with_epoch(nbatches=self.epoch_batches - start)
         return iter(loader)
 
@@ -518,7 +737,8 @@ def train_loader(
         rank, world_size: this process's place among the training processes (explicit: no env lookup).
         start_batch: batches already consumed in ``epoch`` (resume); skipped before decoding.
 
-    Yields batches ``{"video": float32 (B, 3, T, size, size), "label", "dataset", "key"}``.
+    Yields batches ``{"video": uint8 (B, 3, T, H, W), "label", "dataset", "key"}`` (+ ``"aug"`` with
+    ``augment_on: device``; H = W = size with ``cpu``): see the module docstring.
     """
     return ClipLoader(
         urls,
@@ -555,7 +775,7 @@ def eval_dataset(
         _ensure_handlers,
         wds.tarfile_to_samples(),
         _EvalSample(lcfg, num_classes, multilabel),
-        wds.batched(lcfg.batch_size, collation_fn=_Collate(dataset), partial=True),
+        _batched(lcfg.batch_size, _Collate(dataset), partial=True),
     )
 
 
@@ -572,7 +792,7 @@ def eval_loader(
     """The evaluation loader: every sample of ``urls`` exactly once across ranks x workers, in views.
 
     Each clip gives ``lcfg.temporal_views * lcfg.spatial_views`` entries with the same ``key`` and
-    ``view`` = v * S + s. Batches: ``{"video": float32 (B, 3, T, size, size), "label" (video-level),
+    ``view`` = v * S + s. Batches: ``{"video": uint8 (B, 3, T, size, size), "label" (video-level),
     "dataset", "key", "view"}``; the last batch of each worker may be smaller. Gather outputs by ``key``
     across ranks and check them with :func:`check_complete`. A sample that does not decode raises
     :class:`~tubevit.data.video.DecodeError` naming the shard and key.
@@ -591,6 +811,7 @@ def eval_loader(
         batch_size=None,
         num_workers=lcfg.workers,
         worker_init_fn=_worker_init if lcfg.workers else None,
+        pin_memory=bool(lcfg.workers) and torch.cuda.is_available(),  # workers: 0 pins in the collate
     )
 
 

@@ -1,20 +1,24 @@
-"""Clip-consistent spatial transforms (torchvision transforms v2), normalisation and layout.
+"""Clip-consistent spatial transforms of one clip (the CPU path), normalisation and layout.
 
 Every transform draws its random parameters once per clip and applies them to all T frames: the clip is a
 ``tv_tensors.Video`` of shape ``(T, C, H, W)``, which v2 transforms treat as one sample. (On a plain
 ``(C, T, H, W)`` tensor the colour ops raise and the geometric ones run silently on the wrong axes.)
 
 - Training: ``RandomResizedCrop(size, scale, ratio)`` then ``RandAugment(num_ops, magnitude,
-  num_magnitude_bins=11)`` (magnitude on the paper's 0-10 scale), then ImageNet normalisation.
+  num_magnitude_bins=11)`` (magnitude on the paper's 0-10 scale), then ImageNet normalisation. The parameters
+  come from :func:`tubevit.data.augment.draw_clip_params` and are applied by
+  :func:`tubevit.data.augment.augment_clip`; the batched device path applies the same parameters.
 - Evaluation: resize the short side to ``size``, then the centre crop (1 view) or 3 crops along the long
   side (start, centre, end), then normalisation.
 
 Inputs are uint8 ``(T, H, W, C)`` RGB (decord's layout; an image is ``(1, H, W, C)``). Outputs are float32
-``(C, T, H, W)`` (training) or ``(S, C, T, H, W)`` (evaluation, S spatial views), normalised.
+``(C, T, H, W)`` (training) or ``(S, C, T, H, W)`` (evaluation, S spatial views), normalised; with
+``normalized=False`` they are the uint8 levels in the same layout (normalisation then runs on the device,
+:func:`tubevit.data.augment.normalize`).
 
 Randomness comes from a per-sample seed (:func:`sample_seed` of the run seed, epoch and the sample's
-``__key__``), never from the worker, so a sample is augmented the same way whichever worker reads it.
-The global torch RNG is forked around each call and left as it was.
+``__key__``), never from the worker, so a sample is augmented the same way whichever worker reads it. It is
+drawn from a ``torch.Generator`` made from that seed: the global RNG is neither read nor reseeded.
 """
 
 from __future__ import annotations
@@ -23,14 +27,19 @@ import hashlib
 
 import numpy as np
 import torch
-from torchvision import tv_tensors
-from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "EvalTransform", "TrainTransform", "normalize", "sample_seed"]
+from tubevit.data.augment import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ClipParams,
+    augment_clip,
+    augment_video,
+    draw_clip_params,
+    to_video,
+)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "EvalTransform", "TrainTransform", "normalize", "sample_seed"]
 
 
 def sample_seed(*parts: object) -> int:
@@ -40,14 +49,6 @@ def sample_seed(*parts: object) -> int:
     """
     text = "\x1f".join(str(p) for p in parts)
     return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "little") & (2**63 - 1)
-
-
-def to_video(frames: np.ndarray | torch.Tensor) -> tv_tensors.Video:
-    """uint8 ``(T, H, W, C)`` -> ``tv_tensors.Video`` uint8 ``(T, C, H, W)``."""
-    x = torch.as_tensor(frames)
-    if x.ndim != 4 or x.shape[-1] != 3:
-        raise ValueError(f"expected frames of shape (T, H, W, 3), got {tuple(x.shape)}")
-    return tv_tensors.Video(x.permute(0, 3, 1, 2))  # THWC -> TCHW
 
 
 def normalize(video: torch.Tensor) -> torch.Tensor:
@@ -65,7 +66,8 @@ def normalize(video: torch.Tensor) -> torch.Tensor:
 class TrainTransform:
     """Training augmentation of one clip: random-resized crop + RandAugment, identical on every frame.
 
-    ``__call__(frames, seed)``: uint8 ``(T, H, W, 3)`` -> float32 normalised ``(3, T, size, size)``.
+    ``__call__(frames, seed)``: uint8 ``(T, H, W, 3)`` -> float32 normalised ``(3, T, size, size)``, or uint8
+    ``(3, T, size, size)`` when ``normalized=False``.
     """
 
     def __init__(
@@ -76,24 +78,45 @@ class TrainTransform:
         randaugment: bool = True,
         num_ops: int = 2,
         magnitude: int = 10,
+        normalized: bool = True,
     ):
         if not 0 <= magnitude <= 10:
             raise ValueError(f"RandAugment magnitude must be in [0, 10], got {magnitude}")
         self.size = size
-        ops: list[v2.Transform] = [v2.RandomResizedCrop(size, scale=scale, ratio=ratio, antialias=True)]
-        if randaugment:
-            ops.append(v2.RandAugment(num_ops=num_ops, magnitude=magnitude, num_magnitude_bins=11))
-        self.transform = v2.Compose(ops)
+        self.scale = tuple(scale)
+        self.ratio = tuple(ratio)
+        self.randaugment = randaugment
+        self.num_ops = num_ops
+        self.magnitude = magnitude
+        self.normalized = normalized
+
+    def params(self, height: int, width: int, seed: int) -> ClipParams:
+        """The clip's crop and ops for ``height`` x ``width`` frames, drawn from ``seed``."""
+        return draw_clip_params(
+            seed,
+            height,
+            width,
+            size=self.size,
+            scale=self.scale,
+            ratio=self.ratio,
+            randaugment=self.randaugment,
+            num_ops=self.num_ops,
+            magnitude=self.magnitude,
+        )
 
     def augment(self, frames: np.ndarray | torch.Tensor, seed: int) -> torch.Tensor:
         """The augmented uint8 clip ``(T, 3, size, size)``, before normalisation."""
-        video = to_video(frames)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            out = self.transform(video)
-        return out.as_subclass(torch.Tensor)
+        shape = tuple(frames.shape)
+        if len(shape) != 4:
+            raise ValueError(f"expected frames of shape (T, H, W, 3), got {shape}")
+        return augment_video(frames, self.params(shape[1], shape[2], seed))
 
     def __call__(self, frames: np.ndarray | torch.Tensor, seed: int) -> torch.Tensor:
+        if not self.normalized:
+            shape = tuple(frames.shape)
+            if len(shape) != 4:
+                raise ValueError(f"expected frames of shape (T, H, W, 3), got {shape}")
+            return augment_clip(frames, self.params(shape[1], shape[2], seed))
         return normalize(self.augment(frames, seed))
 
 
@@ -101,14 +124,16 @@ class EvalTransform:
     """Evaluation views of one clip: short side resized to ``size``, then 1 centre crop or 3 crops.
 
     The 3 crops lie along the long side at its start, centre and end (for a square frame they coincide).
-    ``__call__(frames)``: uint8 ``(T, H, W, 3)`` -> float32 normalised ``(S, 3, T, size, size)``.
+    ``__call__(frames)``: uint8 ``(T, H, W, 3)`` -> float32 normalised ``(S, 3, T, size, size)``, or uint8
+    ``(S, 3, T, size, size)`` when ``normalized=False``.
     """
 
-    def __init__(self, size: int, spatial_views: int = 1):
+    def __init__(self, size: int, spatial_views: int = 1, normalized: bool = True):
         if spatial_views not in (1, 3):
             raise ValueError(f"spatial_views must be 1 or 3, got {spatial_views}")
         self.size = size
         self.spatial_views = spatial_views
+        self.normalized = normalized
 
     def crops(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 views ``(S, T, 3, size, size)`` before normalisation."""
@@ -124,4 +149,6 @@ class EvalTransform:
         return torch.stack([v.as_subclass(torch.Tensor) for v in views])
 
     def __call__(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+        if not self.normalized:
+            return self.crops(frames).transpose(1, 2).contiguous()  # STCHW -> SCTHW
         return normalize(self.crops(frames))

@@ -10,6 +10,13 @@ fps (Kinetics 15, Charades 6, SSv2 24), so T consecutive frames span T / fps sec
 Decoded clips are uint8 ``(T, H, W, C)`` (RGB, channels last, as decord returns them); the transforms turn
 them into ``(T, C, H, W)``. A ``decord.VideoReader`` is built where the bytes are decoded, i.e. inside a
 DataLoader worker, never in the parent, with ``num_threads=1``.
+
+Decoding reads only what a clip needs: ``VideoReader.get_batch`` of the sorted unique indices seeks to the
+keyframe at or before the first one (reencode writes a keyframe every second: ``-g round(fps)``), decodes
+forward and converts only the requested frames to RGB. For a contiguous window this is the same work as
+``seek_accurate(start)`` + ``next()`` T times, and measured as fast or faster (``benchmarks/data.py``,
+"decode strategies"), so it is the one path. The frames come out of decord through DLPack (no copy):
+``asnumpy()`` would copy each clip once more (10% of the decode time at 64 x 256 x 602).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import logging
 import random
 
 import numpy as np
+from torch.utils.dlpack import from_dlpack
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +34,7 @@ __all__ = [
     "DecodeError",
     "decode_all",
     "decode_frames",
+    "decode_with_reader",
     "eval_indices",
     "frame_count",
     "train_indices",
@@ -97,12 +106,19 @@ def decode_with_reader(vr, indices, name: str = "video") -> np.ndarray:
     n = len(vr)
     if indices.size and (indices.min() < 0 or indices.max() >= n):
         raise DecodeError(f"{name}: frame index out of range [0, {n}): {indices.min()}..{indices.max()}")
-    unique, inverse = np.unique(indices.reshape(-1), return_inverse=True)
+    flat = indices.reshape(-1)
+    if flat.size > 1 and np.all(np.diff(flat) == 1):  # a window: the common case, no gather needed
+        unique, inverse = flat, None
+    else:
+        unique, inverse = np.unique(flat, return_inverse=True)
     try:
-        frames = vr.get_batch(unique.tolist()).asnumpy()  # (U, H, W, C) uint8
+        # (U, H, W, C) uint8, shared with decord's buffer through DLPack (no copy)
+        frames = from_dlpack(vr.get_batch(unique.tolist()).to_dlpack()).numpy()
     except Exception as exc:
         raise DecodeError(f"{name}: decoding frames failed ({exc})") from None
-    return frames[inverse].reshape(*indices.shape, *frames.shape[1:])
+    if inverse is not None:
+        frames = frames[inverse]
+    return frames.reshape(*indices.shape, *frames.shape[1:])
 
 
 def decode_all(data: bytes, name: str = "video") -> np.ndarray:

@@ -47,9 +47,37 @@ def sincos_3d(centers: Tensor, dim: int, temperature: float = TEMPERATURE) -> Te
     return out
 
 
+SpecKey = tuple[tuple[int, ...] | None, ...]
+"""A tube spec as plain tuples: ``(kernel, stride, offset, s2d, learned_kernel)``."""
+
+
+def _spec_key(spec: TubeSpec) -> SpecKey:
+    return (spec.kernel, spec.stride, spec.offset, spec.s2d, spec.learned_kernel)
+
+
 @functools.lru_cache(maxsize=64)
-def _cached(specs: tuple[TubeSpec, ...], T: int, H: int, W: int, dim: int) -> Tensor:
+def _cached(keys: tuple[SpecKey, ...], T: int, H: int, W: int, dim: int) -> Tensor:
+    specs = [TubeSpec(*key) for key in keys]
     return sincos_3d(tube_centers(specs, T, H, W), dim).to(torch.float32)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_on(
+    keys: tuple[SpecKey, ...], T: int, H: int, W: int, dim: int, device: torch.device, dtype: torch.dtype
+) -> Tensor:
+    return _cached(keys, T, H, W, dim).to(device=device, dtype=dtype)  # one copy per device and dtype
+
+
+@torch.compiler.assume_constant_result
+def _lookup(
+    keys: tuple[SpecKey, ...], T: int, H: int, W: int, dim: int, device: torch.device, dtype: torch.dtype
+) -> Tensor:
+    """The memoised embedding. Under ``torch.compile`` Dynamo calls it once per traced input shape, outside
+    the graph, and puts the result into the graph as a constant: the sin-cos computation and the
+    ``lru_cache`` are never traced (plain Python arguments: tuples of ints, a device, a dtype)."""
+    if device.type == "cpu" and dtype == torch.float32:
+        return _cached(keys, T, H, W, dim)
+    return _cached_on(keys, T, H, W, dim, device, dtype)
 
 
 def position_embedding(
@@ -69,16 +97,9 @@ def position_embedding(
     Returns:
         ``(N, D)`` tensor on ``device`` in ``dtype`` (computed in float64; memoised per shape, device and
         dtype, so a GPU step does not copy it again). Treat it as read-only: it is shared between calls.
+        Inside ``torch.compile`` it is a constant of the graph of each input shape (no recompilation
+        between shapes beyond one graph each, and nothing of it is traced).
     """
-    key = (tuple(specs), int(T), int(H), int(W), int(dim))
+    keys = tuple(_spec_key(s) for s in specs)
     device = torch.device("cpu") if device is None else torch.device(device)
-    if device.type == "cpu" and dtype == torch.float32:
-        return _cached(*key)
-    return _cached_on(*key, device, dtype)
-
-
-@functools.lru_cache(maxsize=64)
-def _cached_on(
-    specs: tuple[TubeSpec, ...], T: int, H: int, W: int, dim: int, device: torch.device, dtype: torch.dtype
-) -> Tensor:
-    return _cached(specs, T, H, W, dim).to(device=device, dtype=dtype)  # one copy per device and dtype
+    return _lookup(keys, int(T), int(H), int(W), int(dim), device, dtype)

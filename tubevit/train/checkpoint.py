@@ -10,7 +10,8 @@ or the new checkpoint, never a torn one. Only the latest is kept. It holds:
 - ``rng``: one entry per rank with torch CPU and CUDA states, Python ``random`` state and the loop's
   ``np.random.Generator`` state (``bit_generator.state``: ``np.random.get_state()`` does not load under
   ``weights_only=True``);
-- ``world_size`` and ``config_hash``: resume refuses a checkpoint written under other params.
+- ``world_size`` and ``config_hash``: resume refuses a checkpoint written under other params;
+- ``scaler`` (only with ``precision: fp16``): the ``torch.amp.GradScaler`` state (scale and growth tracker).
 """
 
 from __future__ import annotations
@@ -116,6 +117,7 @@ def save_checkpoint(
     data_position: int,
     rng: list[dict[str, Any]],
     config_hash: str,
+    scaler: dict[str, Any] | None = None,
 ) -> Path:
     """Atomically write ``<directory>/checkpoint.pt`` (replacing the previous one); returns its path.
 
@@ -124,6 +126,7 @@ def save_checkpoint(
         step: optimiser steps done; ``data_position``: micro-batches consumed.
         rng: :func:`capture_rng` of every rank, in rank order.
         config_hash: :func:`config_hash` of the run's configs.
+        scaler: ``GradScaler.state_dict()`` of an fp16 run (stored under ``scaler``); ``None``: not stored.
     """
     path = Path(directory) / CHECKPOINT_NAME
     state = {
@@ -137,6 +140,8 @@ def save_checkpoint(
         "world_size": len(rng),
         "config_hash": config_hash,
     }
+    if scaler is not None:
+        state["scaler"] = scaler
     _atomic_save(state, path)
     return path
 

@@ -24,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 __all__ = [
     "DistInfo",
     "all_gather_objects",
+    "all_gather_tensors",
     "all_reduce_mean",
     "all_reduce_sum",
     "barrier",
@@ -148,6 +149,16 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
 def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     """The element-wise mean of ``tensor`` over ranks (a new tensor)."""
     return all_reduce_sum(tensor) / world_size()
+
+
+def all_gather_tensors(tensor: torch.Tensor) -> list[torch.Tensor]:
+    """``[tensor of rank 0, tensor of rank 1, ...]``: every rank passes one of the same shape and dtype
+    (on its device: CUDA under nccl); ``[tensor]`` in a single process."""
+    if not is_distributed():
+        return [tensor]
+    out = [torch.empty_like(tensor) for _ in range(world_size())]
+    dist.all_gather(out, tensor.contiguous())
+    return out
 
 
 def all_gather_objects(obj: Any) -> list[Any]:

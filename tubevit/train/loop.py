@@ -5,7 +5,8 @@ evaluate, checkpoint. It reports through :class:`Callback` objects (rank 0 only)
 and dvclive are attached by ``pipelines/``.
 
 Batch iterator contract. ``batches(start_step)`` returns an iterable of micro-batch dicts
-``{"video": float32 (B, C, T, H, W), "label": int64 (B,) | float32 (B, K), "dataset": str, ...}`` for
+``{"video": uint8 (B, C, T, H, W), "label": int64 (B,) | float32 (B, K), "dataset": str, ...}`` (device-side
+augmentation adds ``"aug"``: float32 ``(B, P)`` packed parameters; see :mod:`tubevit.data.augment`) for
 optimiser steps ``start_step, start_step + 1, ...``: ``accum_steps`` consecutive micro-batches per step, all
 from one dataset (the loop checks it). It must be a pure function of ``start_step`` (and its own seed), so
 that a resumed run sees exactly the micro-batches the interrupted one would have seen; under DDP each rank
@@ -14,6 +15,22 @@ yields its own part of the global batch. It must not end before ``steps``.
 A step's loss is the mean over its micro-batches (and over ranks under DDP) of ``objective.loss``. The
 gradient is that of the mean, so ``accum_steps`` micro-batches of B clips give the same update as one
 batch of ``accum_steps * B`` clips (up to float summation order).
+
+The data path of a step: the batches come through :class:`~tubevit.train.prefetch.DevicePrefetcher` (on
+CUDA the next batch's copy overlaps this step), and
+:func:`tubevit.data.augment.to_model_input` turns each uint8 batch into the normalised model input on the
+device (running the batched augmentation first when the batch carries ``"aug"``), then MixUp.
+
+Host synchronisation (CUDA). With a fused optimiser (the default on CUDA) a step does not wait for its
+own results: its loss and gradient norm are copied to pinned host memory without blocking, and read
+during the NEXT step (after that step's backward pass was queued, before its optimiser update). The one
+wait per step is on the previous step's end. So ``Callback.on_step`` metrics arrive one step late; they
+are read at once (and every earlier one delivered) before an evaluation, a checkpoint, the ETA report
+and the end of training. A non-finite loss is still caught: the update of that step is skipped on the
+device (the fused optimiser's ``found_inf``), and :class:`NonFiniteLossError` names that step when it is
+read, one step later or at the next checkpoint, which is therefore never written from a bad step. On the
+CPU nothing is lagged (reading a value costs nothing there): metrics arrive after their own step and a
+non-finite loss stops the step before its update.
 """
 
 from __future__ import annotations
@@ -34,6 +51,7 @@ import torch
 from torch import nn
 
 from tubevit.config.train import OptimConfig
+from tubevit.data.augment import to_model_input
 from tubevit.train import distributed
 from tubevit.train.checkpoint import (
     capture_rng,
@@ -45,8 +63,10 @@ from tubevit.train.checkpoint import (
 )
 from tubevit.train.losses import Objective
 from tubevit.train.optim import build_optimizer, build_schedule
+from tubevit.train.precision import autocast, input_dtype, resolve_precision
+from tubevit.train.prefetch import DevicePrefetcher
 
-__all__ = ["Callback", "NonFiniteLossError", "TrainResult", "seed_everything", "train"]
+__all__ = ["Callback", "NonFiniteLossError", "TrainResult", "check_uint8", "seed_everything", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +99,11 @@ class Callback:
         """An estimate from the steps measured so far (the first step, with its warm-up, excluded)."""
 
     def on_step(self, step: int, metrics: Mapping[str, Any]) -> None:
-        """After every optimiser step. ``metrics``: ``loss`` (float, mean over micro-batches and ranks),
-        ``lr`` (float, the LR this step used), ``grad_norm`` (float, before clipping), ``clips_per_s``
-        (float, global: all ranks), ``seconds`` (float, this step's wall time), ``dataset`` (str)."""
+        """Once per optimiser step, in step order. ``metrics``: ``loss`` (float, mean over micro-batches and
+        ranks), ``lr`` (float, the LR this step used), ``grad_norm`` (float, before clipping),
+        ``clips_per_s`` (float, global: all ranks), ``seconds`` (float, this step's wall time on the host),
+        ``dataset`` (str). On CUDA they may arrive one step late (see the module docstring): ``step`` is
+        always the step they belong to, and the model may already be one step further."""
 
     def on_eval(self, step: int, metrics: Mapping[str, Any]) -> None:
         """After ``evaluate(model, step)`` ran, with what it returned."""
@@ -128,7 +150,19 @@ def _take_step_batches(it: Iterator[Batch], accum_steps: int, step: int) -> list
     names = [b["dataset"] for b in out]
     if len(set(names)) != 1:
         raise ValueError(f"step {step}: the micro-batches of one optimiser step mix datasets {names}")
+    for b in out:
+        check_uint8(b, f"step {step}")
     return out
+
+
+def check_uint8(batch: Batch, where: str) -> None:
+    """Raise ``TypeError`` naming ``where`` and the dataset unless ``batch["video"]`` is uint8."""
+    video = batch["video"]
+    if video.dtype != torch.uint8:
+        raise TypeError(
+            f"{where}: batch 'video' of dataset {batch.get('dataset')!r} is {video.dtype}; the loaders yield "
+            "uint8 (B, C, T, H, W) levels, normalised on the device by the loop"
+        )
 
 
 def train(
@@ -141,6 +175,8 @@ def train(
     accum_steps: int = 1,
     device: str | torch.device = "cpu",
     compile: bool = False,
+    precision: str = "auto",
+    grad_checkpointing: bool = False,
     seed: int = 0,
     checkpoint_dir: Path | None = None,
     checkpoint_every: int = 0,
@@ -162,8 +198,14 @@ def train(
         optim: learning rate, weight decay, warmup + cosine schedule over ``steps``, ``clip_grad``.
         steps: total optimiser steps (a resumed run continues to the same total).
         accum_steps: micro-batches per optimiser step (gradient accumulation).
-        device: ``cpu``, ``cuda``, ``auto`` or a ``torch.device``. bf16 autocast on CUDA, fp32 on the CPU.
-        compile: wrap the (DDP) model in ``torch.compile``.
+        device: ``cpu``, ``cuda``, ``auto`` or a ``torch.device``.
+        compile: wrap the (DDP) model in ``torch.compile(dynamic=False)``: one graph per input shape (an
+            image step and a video step: two graphs, then no recompilation).
+        precision: ``bf16``, ``fp16`` (with a ``GradScaler``), ``fp32`` or ``auto`` (bf16 on CUDA, fp32 on
+            the CPU); see :mod:`tubevit.train.precision`.
+        grad_checkpointing: recompute the encoder blocks in the backward pass (activation checkpointing,
+            ``torch.utils.checkpoint`` with ``use_reentrant=False``), through the model's
+            ``set_grad_checkpointing``. Saves memory; the result is unchanged.
         seed: training randomness (dropout, drop path, MixUp) of rank r is seeded with ``seed + r``.
         checkpoint_dir: where ``checkpoint.pt`` is written and resumed from; ``None``: no checkpoints.
         checkpoint_every: optimiser steps between checkpoints (0: only after the last step).
@@ -177,12 +219,16 @@ def train(
     Raises:
         NonFiniteLossError: a step's loss is NaN or infinite (names the step and the dataset).
         CheckpointError: the checkpoint in ``checkpoint_dir`` has another config hash or world size.
+        ValueError: an unknown ``precision``, or ``grad_checkpointing`` on a model without
+            ``set_grad_checkpointing``.
     """
     for name, value in (("steps", steps), ("accum_steps", accum_steps), ("eta_steps", eta_steps)):
         if value < 1:
             raise ValueError(f"train: {name} must be >= 1, got {value}")
     rank, world = distributed.rank(), distributed.world_size()
     dev = device if isinstance(device, torch.device) else distributed.resolve_device(device, _local_rank())
+    prec = resolve_precision(precision, dev)
+    dtype = input_dtype(prec)
     main = rank == 0
     calls = list(callbacks) if main else []
 
@@ -191,8 +237,15 @@ def train(
 
     # model, optimiser and schedule
     model.to(dev).train()
+    if grad_checkpointing:
+        enable = getattr(model, "set_grad_checkpointing", None)
+        if not callable(enable):
+            raise ValueError(f"grad_checkpointing: {type(model).__name__} has no set_grad_checkpointing()")
+        enable(True)
     optimizer = build_optimizer(model, optim)
     scheduler = build_schedule(optimizer, optim, steps)
+    scaler = torch.amp.GradScaler(dev.type) if prec == "fp16" else None
+    lagged = bool(optimizer.defaults.get("fused"))  # the device skips a bad update: read results a step late
 
     # resume
     start = 0
@@ -204,24 +257,41 @@ def train(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
         restore_rng(state["rng"][rank], np_rng)
         start = state["step"]
         log.info("resumed from %s at step %d of %d", last_checkpoint, start, steps)
     ddp = distributed.wrap_ddp(model, dev)
-    net = torch.compile(ddp) if compile else ddp
+    net = torch.compile(ddp, dynamic=False) if compile else ddp
     no_sync = getattr(ddp, "no_sync", contextlib.nullcontext)
-    autocast = (
-        (lambda: torch.autocast("cuda", dtype=torch.bfloat16))
-        if dev.type == "cuda"
-        else contextlib.nullcontext
-    )
     max_norm = optim.clip_grad if optim.clip_grad > 0 else math.inf
     trainable = [p for p in model.parameters() if p.requires_grad]
 
-    # data
-    it = iter(batches(start))
+    # data: uint8 batches, copied to the device ahead of the step that uses them
+    it = iter(DevicePrefetcher(batches(start), dev))
 
     result = TrainResult(step=start, start_step=start, checkpoint=last_checkpoint)
+    pending: list[_StepRecord] = []  # steps whose loss and grad norm the host has not read yet
+
+    def report() -> None:
+        """Read every pending step's results (in order), check the loss, call ``on_step``."""
+        while pending:
+            record = pending.pop(0)
+            loss, grad_norm = record.values()
+            if not math.isfinite(loss):
+                raise NonFiniteLossError(record.step, record.dataset, loss)
+            result.metrics = {
+                "loss": loss,
+                "lr": record.lr,
+                "grad_norm": grad_norm,
+                "clips_per_s": record.clips * world / record.seconds,
+                "seconds": record.seconds,
+                "dataset": record.dataset,
+            }
+            for cb in calls:
+                cb.on_step(record.step + 1, result.metrics)
+
     for cb in calls:
         cb.on_train_start(start, steps)
     timer_start: float | None = None
@@ -236,57 +306,67 @@ def train(
         loss_sum = torch.zeros((), device=dev)
         clips = 0
         for i, batch in enumerate(micro):
-            video = batch["video"].to(dev, non_blocking=True)
+            video = to_model_input(batch, dev, dtype)  # uint8 -> (augmented,) normalised (B, C, T, H, W)
             target = batch["label"].to(dev, non_blocking=True)
             video, target = objective.mix(video, target, np_rng)
             sync = contextlib.nullcontext() if i == accum_steps - 1 else no_sync()
             with sync:
-                with autocast():
+                with autocast(dev, prec):
                     logits = net(video, name)
                 loss = objective.loss(logits.float(), target)
-                (loss / accum_steps).backward()
+                scaled = loss / accum_steps
+                (scaled if scaler is None else scaler.scale(scaled)).backward()
             loss_sum += loss.detach()
             clips += video.shape[0]
-        step_loss = float(distributed.all_reduce_mean(loss_sum / accum_steps))
-        if not math.isfinite(step_loss):
-            raise NonFiniteLossError(step, name, step_loss)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, max_norm))
-        lr = optimizer.param_groups[0]["lr"]
-        optimizer.step()
+        step_loss = distributed.all_reduce_mean(loss_sum / accum_steps)  # () on the device
+        if scaler is not None:
+            scaler.unscale_(optimizer)  # clip the true gradients; inf/NaN ones make scaler.step skip
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, max_norm)
+        record = _StepRecord(step, name, optimizer.param_groups[0]["lr"], clips, step_loss, grad_norm)
+        if lagged:
+            report()  # the previous step's results: this step's one wait, on the previous step's end
+            if scaler is None:
+                optimizer.found_inf = (~torch.isfinite(step_loss)).float()  # the device skips a bad update
+                optimizer.grad_scale = None
+        elif not math.isfinite(record.values()[0]):  # free on the CPU: stop before the update
+            raise NonFiniteLossError(step, name, record.values()[0])
+        if scaler is not None:
+            scaler.step(optimizer)  # skips the update when the gradients are not finite
+            scaler.update()
+        else:
+            optimizer.step()
+            if lagged:
+                del optimizer.found_inf, optimizer.grad_scale
         scheduler.step()
         done = step + 1
+        record.seconds = time.perf_counter() - t0
+        pending.append(record)
 
         # log
-        seconds = time.perf_counter() - t0
         result.step = done
-        result.metrics = {
-            "loss": step_loss,
-            "lr": lr,
-            "grad_norm": grad_norm,
-            "clips_per_s": clips * world / seconds,
-            "seconds": seconds,
-            "dataset": name,
-        }
-        for cb in calls:
-            cb.on_step(done, result.metrics)
+        eta_due = timer_start is not None and done == start + 1 + eta_steps
+        eval_due = evaluate is not None and _due(done, eval_every, steps)
+        checkpoint_due = checkpoint_dir is not None and _due(done, checkpoint_every, steps)
+        if not lagged or eta_due or eval_due or checkpoint_due or done == steps:
+            report()  # results are read (and checked) before anything acts on them
         if done == start + 1:
             timer_start = time.perf_counter()
-        elif timer_start is not None and done == start + 1 + eta_steps:
+        elif eta_due:
             per_step = (time.perf_counter() - timer_start) / eta_steps
             for cb in calls:
                 cb.on_eta(done, per_step, per_step * (steps - done))
 
         # evaluate
-        if evaluate is not None and _due(done, eval_every, steps):
+        if eval_due:
             model.eval()
-            with torch.no_grad(), autocast():
+            with torch.no_grad(), autocast(dev, prec):
                 result.eval_metrics = dict(evaluate(model, done))
             model.train()
             for cb in calls:
                 cb.on_eval(done, result.eval_metrics)
 
         # checkpoint
-        if checkpoint_dir is not None and _due(done, checkpoint_every, steps):
+        if checkpoint_due:
             rngs = distributed.all_gather_objects(capture_rng(np_rng))
             if main:
                 result.checkpoint = save_checkpoint(
@@ -298,14 +378,45 @@ def train(
                     data_position=done * accum_steps,
                     rng=rngs,
                     config_hash=config_hash,
+                    scaler=scaler.state_dict() if scaler is not None else None,
                 )
                 for cb in calls:
                     cb.on_checkpoint(done, result.checkpoint)
             distributed.barrier()
 
+    report()
     for cb in calls:
         cb.on_train_end(result.step)
     return result
+
+
+class _StepRecord:
+    """One optimiser step's results on their way to the host: ``loss`` and ``grad_norm`` are copied into a
+    pinned buffer without blocking (CUDA) and read with :meth:`values`, which waits for that copy only."""
+
+    def __init__(
+        self, step: int, dataset: str, lr: float, clips: int, loss: torch.Tensor, grad_norm: torch.Tensor
+    ):
+        self.step, self.dataset, self.lr, self.clips = step, dataset, lr, clips
+        self.seconds = math.nan  # set when the step's host work is done
+        both = torch.stack([loss.detach().float(), grad_norm.detach().float()])  # (2,) on the device
+        if both.is_cuda:
+            self.host = torch.empty(2, dtype=torch.float32, pin_memory=True)
+            self.host.copy_(both, non_blocking=True)
+            self.ready: torch.cuda.Event | None = torch.cuda.Event()
+            self.ready.record()
+        else:
+            self.host, self.ready = both, None
+        self._values: tuple[float, float] | None = None
+
+    def values(self) -> tuple[float, float]:
+        """``(loss, grad_norm)`` as floats (the first call waits for this step's copy on CUDA)."""
+        if self._values is None:
+            if self.ready is not None:
+                self.ready.synchronize()
+            loss, grad_norm = self.host.tolist()
+            self._values = (loss, grad_norm)
+        return self._values
 
 
 def _local_rank() -> int:

@@ -6,21 +6,20 @@ A new objective is a new function (or a new :class:`Objective`), never a branch 
   ``(B, K)`` (MixUp output).
 - :func:`binary_cross_entropy`: BCE-with-logits over multi-hot targets ``(B, K)`` (Charades), with optional
   label smoothing ``y * (1 - eps) + eps / 2``.
-- :class:`MixUp`: ``torchvision.transforms.v2.MixUp(alpha, num_classes)`` on ``(B, C, T, H, W)`` batches.
+- :class:`MixUp`: ``torchvision.transforms.v2.MixUp(alpha, num_classes)``'s mixing on ``(B, C, T, H, W)`` batches,
+  with ``lam`` drawn from a per-call ``torch.Generator`` (never the global RNG).
 - :func:`build_objective`: the objective of a dataset from its flags.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision import tv_tensors
-from torchvision.transforms import v2
 
 __all__ = [
     "LossFn",
@@ -75,40 +74,47 @@ def no_mix(
 
 @dataclass(frozen=True)
 class MixUp:
-    """MixUp with Beta(``alpha``, ``alpha``) on video batches: ``torchvision.transforms.v2.MixUp``.
+    """MixUp with Beta(``alpha``, ``alpha``) on video batches, with ``torchvision.transforms.v2.MixUp``'s semantics.
 
-    ``v2.MixUp`` refuses a plain 5-D tensor ("Expected a batched input with 4 dims"); wrapped as a
-    ``tv_tensors.Video`` it mixes along the batch axis (``x * lam + x.roll(1, 0) * (1 - lam)``), which does
-    not depend on the order of the other axes, so ``(B, C, T, H, W)`` is mixed correctly. Labels ``(B,)``
-    become mixed one-hot targets ``(B, K)``.
+    ``x * lam + x.roll(1, 0) * (1 - lam)`` along the batch axis (which does not depend on the order of the
+    other axes, so ``(B, C, T, H, W)`` is mixed correctly), and labels ``(B,)`` become the same mix of one-hot
+    targets ``(B, K)``.
 
-    ``v2.MixUp`` draws ``lam`` from torch's global RNG. To make the draw a function of the loop's
-    checkpointed ``np.random.Generator`` (and not of how much randomness dropout consumed), each call
-    draws a seed from ``rng`` and runs ``v2.MixUp`` under ``torch.random.fork_rng`` seeded with it.
+    ``lam`` is a function of the loop's checkpointed ``np.random.Generator`` only (not of how much randomness
+    dropout consumed): each call draws a seed from ``rng`` and samples Beta(alpha, alpha) from a CPU
+    ``torch.Generator`` seeded with it, as ``v2.MixUp`` samples it (``Dirichlet([alpha, alpha])[0]``), so a seed
+    gives the ``lam`` that ``v2.MixUp`` gives under ``torch.manual_seed(seed)``. The global RNG is neither read
+    nor reseeded, and ``lam`` is a host float, so mixing a batch on a GPU needs no host synchronisation.
     """
 
     alpha: float
     num_classes: int
-    _mixup: v2.MixUp = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.alpha <= 0:
             raise ValueError(f"MixUp.alpha: must be > 0, got {self.alpha}")
-        object.__setattr__(self, "_mixup", v2.MixUp(alpha=self.alpha, num_classes=self.num_classes))
+        if self.num_classes <= 0:
+            raise ValueError(f"MixUp.num_classes: must be > 0, got {self.num_classes}")
+
+    def draw_lambda(self, rng: np.random.Generator) -> float:
+        """The mixing weight ``lam`` in [0, 1], from one draw of ``rng``."""
+        generator = torch.Generator().manual_seed(int(rng.integers(0, 2**63 - 1)))
+        concentration = torch.tensor([[self.alpha, self.alpha]], dtype=torch.float32)
+        return float(torch._sample_dirichlet(concentration, generator=generator)[0, 0])
 
     def __call__(
         self, video: torch.Tensor, target: torch.Tensor, rng: np.random.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``video (B, C, T, H, W)``, ``target (B,)`` int64 -> mixed video, soft target ``(B, K)``."""
+        """``video (B, C, T, H, W)``, ``target (B,)`` int64 -> mixed video, soft target ``(B, K)`` float32."""
         if target.dtype != torch.long or target.ndim != 1:
             raise ValueError(
                 f"MixUp needs int64 class indices (B,), got {target.dtype} {tuple(target.shape)}"
             )
-        seed = int(rng.integers(0, 2**63 - 1))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            mixed, soft = self._mixup(tv_tensors.Video(video), target)
-        return mixed.as_subclass(torch.Tensor), soft
+        lam = self.draw_lambda(rng)
+        mixed = video.roll(1, 0).mul_(1.0 - lam).add_(video.mul(lam))
+        one_hot = F.one_hot(target, num_classes=self.num_classes).float()
+        soft = one_hot.roll(1, 0).mul_(1.0 - lam).add_(one_hot.mul(lam))
+        return mixed, soft
 
 
 @dataclass(frozen=True)

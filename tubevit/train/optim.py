@@ -3,7 +3,7 @@
 - :func:`param_groups`: decay on weight matrices and kernels only; no decay on norms, biases, the MAP head's
   ``probe``, names listed by the model's ``no_weight_decay()``, or anything 1-D. Frozen parameters
   (``requires_grad=False``, e.g. image-to-video scaling) are left out of the optimiser.
-- :func:`build_optimizer`: the three ``wd_mode`` variants of DESIGN "Training".
+- :func:`build_optimizer`: the three ``wd_mode`` variants of DESIGN "Training"; fused on CUDA.
 - :func:`build_schedule`: ``LambdaLR`` with :func:`lr_factor` (linear warmup, then cosine decay to 0).
 """
 
@@ -56,8 +56,16 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: nn.Module, cfg: OptimConfig, *, fused: bool | None = None
+) -> torch.optim.Optimizer:
     """Adam(W) over :func:`param_groups` of ``model`` at ``cfg.lr`` (the schedule scales it).
+
+    ``fused``: use the fused (one kernel per parameter group) implementation; ``None``: fused exactly when
+    every trainable parameter is a floating CUDA tensor (off on the CPU, where the default
+    implementation is the one the project's bitwise determinism tests pin). A fused optimiser also skips
+    an update on the device when ``found_inf`` is set (:func:`tubevit.train.loop.train` uses that to
+    guard against a non-finite loss without waiting for the host).
 
     ``adamw``: ``AdamW(weight_decay=wd)``, per-step shrink ``lr_t * wd``. ``decoupled_unscaled``: AdamW
     with ``weight_decay = wd / lr``, so the shrink is ``wd * lr_t / lr = wd * schedule_t`` (Loshchilov &
@@ -68,8 +76,10 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     groups = param_groups(model, wd[cfg.wd_mode])
     if not any(group["params"] for group in groups):
         raise ValueError(f"{type(model).__name__}: no trainable parameters (all have requires_grad=False)")
+    if fused is None:
+        fused = all(p.is_cuda and p.is_floating_point() for g in groups for p in g["params"])
     optimizer_cls = torch.optim.Adam if cfg.wd_mode == "l2" else torch.optim.AdamW
-    return optimizer_cls(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    return optimizer_cls(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused or None)
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:

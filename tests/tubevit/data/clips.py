@@ -68,13 +68,13 @@ def make_video_set(
     """Write ``root`` as the reencode stage does: ``<split>/<id>.mp4``, ``manifest.jsonl``, ``classes.json``.
 
     Each item dict has ``id``, ``split``, ``frames`` (count) and optionally ``label``, ``labels``,
-    ``actions``. Returns ``root``.
+    ``actions``, ``height`` and ``width`` (pixels, default 48 x 64). Returns ``root``.
     """
     rows = []
     for item in items:
         n = item["frames"]
         rel = f"{item['split']}/{item['id']}.mp4"
-        frames = index_frames(n)
+        frames = index_frames(n, item.get("height", 48), item.get("width", 64))
         encode(root / rel, frames, fps)
         rows.append(
             {
@@ -122,3 +122,14 @@ def make_image_set(root: Path, items: list[dict], classes: list[str]) -> Path:
     (root / "manifest.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
     (root / "classes.json").write_text(json.dumps(classes))
     return root
+
+
+def write_tar(path: Path, samples: list[dict]) -> Path:
+    """A WebDataset tar of ``samples`` (dicts with ``__key__`` and ``<ext>: bytes`` members), written as is."""
+    import webdataset as wds
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with wds.TarWriter(str(path)) as sink:
+        for sample in samples:
+            sink.write(sample)
+    return path

@@ -14,10 +14,12 @@ import torch
 
 from pipelines.shard import read_tar_samples
 from pipelines.shard import run as shard
-from tests.tubevit.data.clips import decoded_indices, make_image_set, make_video_set
+from tests.tubevit.data.clips import decoded_indices, make_image_set, make_video_set, write_tar
 from tubevit.config.data import LoaderConfig, ShardConfig
+from tubevit.data.augment import augment_batch, augment_clip, unpack_params
 from tubevit.data.shards import (
     JointBatches,
+    NoSamplesError,
     check_complete,
     dataset_for_step,
     eval_loader,
@@ -28,7 +30,6 @@ from tubevit.data.shards import (
     train_loader,
     window_classes,
 )
-from tubevit.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from tubevit.data.video import eval_indices
 
 # no augmentation, full-frame crop: the loader's output frames can be read back as indices
@@ -41,8 +42,10 @@ PLAIN = LoaderConfig(
     crop_scale=(1.0, 1.0),
     crop_ratio=(64 / 48, 64 / 48),
     randaugment=False,
+    augment_on="cpu",
 )
 AUG = replace(PLAIN, crop_scale=(0.25, 1.0), crop_ratio=(0.75, 4 / 3), randaugment=True)
+DEVICE = replace(AUG, augment_on="device")
 CHARADES_ACTIONS = [[0, 0.0, 1.5], [1, 2.0, 3.0], [2, 4.0, 5.0]]
 
 
@@ -67,12 +70,18 @@ def root(tmp_path_factory) -> Path:
     ]
     charades.append({"id": "C9", "split": "val", "frames": 30})  # a video with no actions
     make_video_set(base / "videos" / "charades", charades, ["x", "y", "z", "w"], fps=6.0)
+    mixed = [  # two frame sizes in one set: device batches are zero-padded to the larger
+        {"id": f"m{i}", "split": "train", "frames": 10 + i, "label": i % 3}
+        | ({"height": 32, "width": 40} if i % 2 else {})
+        for i in range(8)
+    ]
+    make_video_set(base / "videos" / "mixed", mixed, ["a", "b", "c"], fps=15.0)
     images = [{"id": f"n{i}", "split": "train", "label": i % 2, "value": 10 * i} for i in range(8)]
     make_image_set(base / "videos" / "imagenet", images, ["n01", "n02"])
-    for ds in ("kinetics", "charades", "imagenet"):
+    for ds in ("kinetics", "charades", "imagenet", "mixed"):
         shard(
             ds,
-            ["train", "val"],
+            ["train", "val"] if ds != "mixed" else ["train"],
             ShardConfig(target_bytes=1 << 20, min_shards=4),
             base / "videos" / ds,
             base / "shards" / ds,
@@ -90,9 +99,9 @@ def _metas(root: Path, ds: str, split: str) -> dict[str, dict]:
 
 
 def _frames(video: torch.Tensor) -> np.ndarray:
-    """Normalised float (C, T, H, W) -> uint8-valued (T, H, W, C) (for reading frame indices back)."""
-    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1, 1)
-    return ((video * std + mean) * 255).permute(1, 2, 3, 0).numpy()
+    """uint8 (C, T, H, W) -> uint8 (T, H, W, C) (for reading frame indices back)."""
+    assert video.dtype == torch.uint8
+    return video.permute(1, 2, 3, 0).numpy()
 
 
 def _loader(root, lcfg=PLAIN, ds="kinetics", **kw):
@@ -106,7 +115,7 @@ def test_train_batches_hold_the_right_clips_and_labels(root):
     assert len(batches) == 3
     for batch in batches:
         assert set(batch) == {"video", "label", "dataset", "key"} and batch["dataset"] == "kinetics"
-        assert batch["video"].dtype == torch.float32 and batch["video"].shape == (4, 3, 8, 24, 24)
+        assert batch["video"].dtype == torch.uint8 and batch["video"].shape == (4, 3, 8, 24, 24)
         assert batch["label"].dtype == torch.int64 and batch["label"].tolist() == [
             metas[k]["label"] for k in batch["key"]
         ]
@@ -290,7 +299,7 @@ def test_decoded_cache_gives_the_same_batches_and_decodes_once(root):
         cache = cached.cache
         total = read_index(root / ds / "train" / "index.json")["total"]
         assert 0 < len(cache.items) <= total and cache.misses == len(cache.items), ds
-        assert cache.hits + cache.misses >= 3 * 2 * lcfg.batch_size, ds  # (+ the samples read ahead)
+        assert cache.hits + cache.misses == 3 * 2 * lcfg.batch_size, ds  # no sample decoded ahead
         assert cache.hits > 0, ds
         shapes = {v.shape[0] for v in cache.items.values()}  # whole videos (N frames), images 1 frame
         metas = _metas(root, ds, "train")
@@ -320,3 +329,158 @@ def test_decoded_cache_respects_its_budget(root):
     assert (cache.hits, cache.misses) == (1, 3)
     with pytest.raises(ValueError, match="cache_mb"):
         LoaderConfig(cache_mb=-1)
+
+
+# --------------------------------------------------------------------------------------------- uint8 batches
+def test_batches_are_uint8_and_pinned_where_cuda_exists(root):
+    val = shard_urls(root / "kinetics" / "val" / "index.json")
+    batches = [
+        next(iter(_loader(root, AUG))),
+        next(iter(_loader(root, DEVICE))),
+        next(iter(eval_loader(val, PLAIN, dataset="kinetics", num_classes=3))),
+    ]
+    for batch in batches:
+        assert batch["video"].dtype == torch.uint8 and batch["video"].shape[:3] == (4, 3, 8)
+        tensors = [batch["video"], batch["label"]] + ([batch["aug"]] if "aug" in batch else [])
+        if torch.cuda.is_available():  # pinned host memory only exists with CUDA
+            assert all(t.is_pinned() for t in tensors)
+    assert batches[0]["video"].shape[3:] == batches[2]["video"].shape[3:] == (24, 24)
+    assert batches[1]["video"].shape[3:] == (48, 64) and batches[1]["aug"].dtype == torch.float32
+
+
+def test_device_batches_carry_the_frames_and_the_cpu_paths_params(root):
+    """augment_on: device ships each sample's decoded window and the very params the cpu path applies:
+    augment_clip of a device batch's frames with its packed params gives the cpu batch, bit for bit."""
+    cpu, device = list(_loader(root, AUG)), list(_loader(root, DEVICE))
+    metas = _metas(root, "kinetics", "train")
+    for x, y in zip(cpu, device, strict=True):
+        assert x["key"] == y["key"] and torch.equal(x["label"], y["label"])
+        assert set(y) == {"video", "aug", "label", "dataset", "key"}
+        params = unpack_params(y["aug"])
+        assert [p.size for p in params] == [24] * 4 and all(len(p.ops) == 2 for p in params)
+        for key, frames, p, want in zip(y["key"], y["video"], params, x["video"], strict=True):
+            thwc = frames.permute(1, 2, 3, 0)  # (T, H, W, C): the decoded window
+            idx = decoded_indices(thwc.numpy())
+            assert idx == list(range(idx[0], idx[0] + 8)) and 0 <= idx[0] <= metas[key]["frames"] - 8
+            assert torch.equal(augment_clip(thwc, p), want), key
+    # the batched device path runs on these (channels-last) batches; crops match the cpu path
+    crop_only = replace(DEVICE, randaugment=False)
+    x, y = (
+        next(iter(_loader(root, replace(crop_only, augment_on="cpu")))),
+        next(iter(_loader(root, crop_only))),
+    )
+    out = augment_batch(y["video"], y["aug"])
+    assert out.shape == (4, 3, 8, 24, 24)
+    assert (out - x["video"].float()).abs().mean() < 1.0
+
+
+def test_device_batches_are_zero_padded_to_the_largest_frames(root):
+    metas = _metas(root, "mixed", "train")
+    sizes = set()
+    for cpu, device in zip(
+        _loader(root, AUG, ds="mixed", epoch_batches=4),
+        _loader(root, DEVICE, ds="mixed", epoch_batches=4),
+        strict=True,
+    ):
+        assert device["video"].shape == (4, 3, 8, 48, 64) or device["video"].shape == (4, 3, 8, 32, 40)
+        h_max, w_max = device["video"].shape[3:]
+        for key, frames, p, want in zip(
+            device["key"], device["video"], unpack_params(device["aug"]), cpu["video"], strict=True
+        ):
+            h, w = metas[key]["height"], metas[key]["width"]
+            sizes.add((h, w))
+            assert p.top + p.height <= h and p.left + p.width <= w  # the box lies in the clip's own frames
+            thwc = frames.permute(1, 2, 3, 0)
+            assert not thwc[:, h:].any() and not thwc[:, :, w:].any() and (h, w) <= (h_max, w_max)
+            assert torch.equal(augment_clip(thwc[:, :h, :w], p), want), key
+    assert sizes == {(48, 64), (32, 40)}
+
+
+def test_batches_are_the_same_with_0_or_2_workers(root):
+    for lcfg in (AUG, DEVICE):
+        zero = list(_loader(root, lcfg, epoch_batches=6))
+        two = list(_loader(root, replace(lcfg, workers=2), epoch_batches=6))
+        # batch i comes from logical worker i % 2 with 2 workers; each worker's samples are in the order
+        # of a 1-worker stream of its own, so compare sample by sample through the key
+        by_key = {k: v for x in zero for k, v in zip(x["key"], x["video"], strict=True)}
+        common = 0
+        for x in two:
+            for k, v in zip(x["key"], x["video"], strict=True):
+                if k in by_key:
+                    common += 1
+                    assert torch.equal(v, by_key[k]), (lcfg.augment_on, k)
+                    assert v.dtype == torch.uint8
+        assert common >= 4, lcfg.augment_on
+
+
+# --------------------------------------------------------------------------------------------- bad samples
+def _bad_set(root: Path, tmp: Path, every: int) -> list[str]:
+    """The kinetics train shards rewritten with every ``every``-th sample's mp4 replaced by junk bytes."""
+    index = root / "kinetics" / "train" / "index.json"
+    urls, n = [], 0
+    for entry in read_index(index)["shards"]:
+        samples = []
+        for key, members in read_tar_samples(index.parent / entry["name"]).items():
+            if n % every == 0:
+                members = {**members, "mp4": b"not a video " + key.encode()}
+            samples.append({"__key__": key, **members})
+            n += 1
+        urls.append(str(write_tar(tmp / entry["name"], samples)))
+    return urls
+
+
+def _good_keys(urls: list[str]) -> set[str]:
+    return {
+        k for u in urls for k, m in read_tar_samples(Path(u)).items() if not m["mp4"].startswith(b"not a")
+    }
+
+
+def test_undecodable_samples_are_counted_logged_and_replaced(root, tmp_path, caplog):
+    urls = _bad_set(root, tmp_path, every=3)
+    good = _good_keys(urls)
+    loader = train_loader(urls, PLAIN, dataset="kinetics", num_classes=3, seed=0, epoch_batches=6)
+    with caplog.at_level("WARNING", logger="tubevit.data.shards"):
+        batches = list(loader)
+    assert len(batches) == 6 and all(b["video"].shape == (4, 3, 8, 24, 24) for b in batches)
+    assert all(k in good for b in batches for k in b["key"])  # a bad sample's place holds a good one
+    messages = [r.getMessage() for r in caplog.records if "undecodable training sample" in r.getMessage()]
+    assert loader.counts["skipped"] == len(messages) > 0
+    assert all("cannot open video" in m and ".tar:" in m for m in messages)
+    assert any(m.endswith(f"({loader.counts['skipped']} skipped)") for m in messages)
+
+
+def test_resume_stays_exact_when_samples_are_skipped(root, tmp_path):
+    urls = _bad_set(root, tmp_path, every=3)
+    for workers in (0, 2):
+        lcfg = replace(PLAIN, workers=workers, batch_size=2)
+
+        def run(start, lcfg=lcfg):
+            args = {"dataset": "kinetics", "num_classes": 3, "seed": 0, "epoch_batches": 8}
+            return list(train_loader(urls, lcfg, start_batch=start, **args))
+
+        full, resumed = run(0), run(3)
+        assert len(resumed) == 5
+        assert [x["key"] for x in resumed] == [x["key"] for x in full[3:]], workers
+        assert all(torch.equal(x["video"], y["video"]) for x, y in zip(resumed, full[3:], strict=True))
+
+
+def test_a_shard_set_without_a_decodable_sample_fails(root, tmp_path):
+    bad = _bad_set(root, tmp_path / "bad", every=1)
+    (tmp_path / "junk").mkdir()
+    junk = [str(tmp_path / "junk" / f"j{i}.tar") for i in range(2)]
+    for path in junk:
+        Path(path).write_bytes(b"this is not a tar file" * 100)
+    empty = [str(write_tar(tmp_path / "empty" / "e0.tar", []))]
+    for urls, workers in ((bad, 0), (bad, 2), (junk, 0), (empty, 0)):
+        loader = train_loader(
+            urls, replace(PLAIN, workers=workers), dataset="kinetics", num_classes=3, epoch_batches=2
+        )
+        with pytest.raises(
+            Exception, match="kinetics: the training shard set yields no decodable sample"
+        ) as e:
+            list(loader)
+        if workers == 0:
+            assert e.type is NoSamplesError
+            assert f"({len(urls)} shards" in str(e.value)
+    with pytest.raises(NoSamplesError, match=r"first failure: .*cannot open video"):
+        list(train_loader(bad, PLAIN, dataset="kinetics", num_classes=3, epoch_batches=1))

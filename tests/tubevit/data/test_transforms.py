@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+from unittest import mock
 
 import numpy as np
 import pytest
 import torch
 
+from tubevit.data.augment import augment_clip
 from tubevit.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -45,13 +47,35 @@ def test_randaugment_is_applied_and_seeded():
     changed = [not torch.equal(plain.augment(clip, s), ra.augment(clip, s)) for s in seeds]
     assert sum(changed) >= 6  # two ops per clip; only Identity twice leaves a clip as it was
     assert torch.equal(ra(clip, seeds[0]), ra(clip, seeds[0]))  # same seed, same output
-    assert ra.transform.transforms[1].num_magnitude_bins == 11 and ra.transform.transforms[1].magnitude == 10
+    # magnitude 10 of 11 bins: e.g. Rotate is +-30 degrees, Posterize keeps 4 bits
+    ops = [op for s in seeds for op in ra.params(40, 52, s).ops]
+    assert len(ops) == 16 and all(
+        abs(v) == {"Rotate": 30.0, "Posterize": 4.0}[n] for n, v in ops if n in ("Rotate", "Posterize")
+    )
 
 
-def test_global_rng_is_left_untouched():
+def test_global_rng_is_left_untouched_and_never_reseeded():
+    def refuse(*args, **kwargs):
+        raise AssertionError("torch.manual_seed called during augmentation")
+
     state = torch.get_rng_state()
-    TrainTransform(16)(_noise_clip(t=2), 123)
+    with mock.patch("torch.manual_seed", refuse), mock.patch("torch.random.manual_seed", refuse):
+        TrainTransform(16)(_noise_clip(t=2), 123)
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_uint8_outputs_for_normalisation_on_the_device():
+    clip = _noise_clip(t=3)
+    train = TrainTransform(16, normalized=False)
+    levels = train(clip, 7)
+    assert (
+        levels.dtype == torch.uint8 and levels.shape == (3, 3, 16, 16) and levels.is_contiguous()
+    )  # (C, T, H, W)
+    assert torch.equal(levels, augment_clip(clip, train.params(40, 52, 7)))
+    assert torch.equal(normalize(levels.permute(1, 0, 2, 3)), TrainTransform(16)(clip, 7))
+    views = EvalTransform(16, spatial_views=3, normalized=False)(clip)
+    assert views.dtype == torch.uint8 and views.shape == (3, 3, 3, 16, 16)  # (S, C, T, H, W)
+    assert torch.equal(normalize(views.transpose(1, 2)), EvalTransform(16, spatial_views=3)(clip))
 
 
 def test_sample_seed_is_stable():

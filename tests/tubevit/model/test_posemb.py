@@ -128,3 +128,31 @@ def test_not_a_parameter_nor_in_state_dict():
     assert half is position_embedding(model.tubes, 16, 64, 64, 64, dtype=torch.bfloat16)  # and per dtype
     torch.testing.assert_close(half, x.to(torch.bfloat16), rtol=0, atol=0)
     assert position_embedding(model.tokenizer.active_specs(1, 64, 64), 1, 64, 64, 64).shape == (64, 64)
+
+
+def test_compiled_lookup_is_a_graph_constant():
+    """Under torch.compile the embedding is computed outside the graph (no trace of the sin-cos or the
+    lru_cache, no graph break): one graph, the eager values."""
+    import warnings
+
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    paper = get_tube_set("paper")
+
+    def add(x):
+        T, H, W = x.shape[2:]
+        return x.sum() + position_embedding(paper, T, H, W, 192, dtype=x.dtype)
+
+    compiled = torch.compile(add, backend="eager", fullgraph=True, dynamic=False)  # a break would raise
+    x = torch.zeros(1, 3, 32, 224, 224)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = compiled(x)
+    torch.testing.assert_close(out, add(x), rtol=0, atol=0)
+    assert out.shape == (539, 192)
+    assert counters["stats"]["unique_graphs"] == 1 and counters["stats"]["calls_captured"] <= 3
+    assert not [w for w in caught if "lru_cache" in str(w.message)]
+    torch._dynamo.reset()

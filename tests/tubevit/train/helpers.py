@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from tubevit.config.train import OptimConfig
+from tubevit.data.augment import to_model_input
 from tubevit.train.losses import build_objective
 
 NUM_CLASSES = {"kinetics": 5, "imagenet": 4}
@@ -49,13 +50,14 @@ def make_batch(
 ) -> dict:
     """Micro-batch ``index`` of ``dataset``: a pure function of (dataset, index, seed), the same in every process.
 
-    ``video``: float32 (B, 3, T, size, size) with T = 1 for imagenet; ``label``: int64 (B,).
+    ``video``: uint8 (B, 3, T, size, size) with T = 1 for imagenet (as the loaders yield it: the loop
+    normalises on the device), brighter by 25 levels per class; ``label``: int64 (B,).
     """
     g = torch.Generator().manual_seed(zlib.crc32(f"{dataset}/{index}/{seed}".encode()))
     frames = 1 if dataset == "imagenet" else frames
     label = torch.randint(0, NUM_CLASSES[dataset], (batch_size,), generator=g)
-    video = torch.randn(batch_size, 3, frames, size, size, generator=g)
-    video = video + label.view(-1, 1, 1, 1, 1).float() * 0.5
+    noise = torch.randn(batch_size, 3, frames, size, size, generator=g) * 50 + 60
+    video = (noise + label.view(-1, 1, 1, 1, 1).float() * 25).round().clamp(0, 255).to(torch.uint8)
     return {
         "video": video,
         "label": label,
@@ -98,6 +100,11 @@ def objectives(label_smoothing: float = 0.0, mixup: float = 0.0) -> dict:
     return {
         k: build_objective(n, label_smoothing=label_smoothing, mixup=mixup) for k, n in NUM_CLASSES.items()
     }
+
+
+def model_input(batch: dict) -> torch.Tensor:
+    """The normalised float32 model input of a :func:`make_batch` batch (what the loop feeds the model)."""
+    return to_model_input(batch, torch.device("cpu"), torch.float32)
 
 
 OPTIM = OptimConfig(lr=1e-2, weight_decay=0.05, warmup_steps=2, clip_grad=1.0)

@@ -49,7 +49,11 @@ def test_defaults_and_types():
         "auto",
         True,
     )
+    assert (pre.precision, pre.grad_checkpointing, pre.compile) == ("auto", False, False)
     ft = build(FinetuneConfig, {"tubes": "embedded_interpolated", "multilabel": True}, "finetune.charades")
+    assert (ft.precision, ft.grad_checkpointing) == ("auto", False)
+    fast = build(FinetuneConfig, {"precision": "fp16", "grad_checkpointing": True}, "finetune.ssv2")
+    assert (fast.precision, fast.grad_checkpointing) == ("fp16", True)
     assert ft.tubes == "embedded_interpolated" and ft.multilabel and ft.init == "pretrain"
 
 
@@ -104,6 +108,8 @@ def test_defaults_and_types():
             "must be <= steps",
         ),
         (PretrainConfig, {"device": "tpu"}, "pretrain.device", "must be one of"),
+        (PretrainConfig, {"precision": "fp8"}, "pretrain.precision", "must be one of"),
+        (FinetuneConfig, {"precision": "half"}, "pretrain.precision", "must be one of"),
         (PretrainConfig, {"epochs": 3}, "pretrain.epochs", "unknown key"),
         (FinetuneConfig, {"multilabel": True, "mixup": 0.3}, "pretrain.mixup", "single-label"),
         (FinetuneConfig, {"dropout": 1.5}, "pretrain.dropout", "must be in [0, 1)"),

@@ -13,7 +13,7 @@ from tubevit.train.checkpoint import CHECKPOINT_NAME, CheckpointError, load_chec
 from tubevit.train.loop import Callback, NonFiniteLossError, train
 from tubevit.train.optim import lr_factor
 
-from .helpers import OPTIM, StandIn, joint_batches, make_batch, objectives
+from .helpers import OPTIM, StandIn, joint_batches, make_batch, model_input, objectives
 
 
 def fresh(seed: int = 0, dropout: float = 0.0) -> StandIn:
@@ -81,7 +81,7 @@ def test_callbacks_metrics_schedule_and_evaluation():
     def evaluate(model, step):
         seen_modes.append(model.training)
         batch = make_batch("kinetics", 10_000 + step, 256)
-        acc = (model(batch["video"], "kinetics").argmax(1) == batch["label"]).float().mean().item()
+        acc = (model(model_input(batch), "kinetics").argmax(1) == batch["label"]).float().mean().item()
         return {"top1": acc}
 
     steps = 80
@@ -184,6 +184,12 @@ def test_batch_contract_errors():
 
     with pytest.raises(RuntimeError, match="step 1: the batch iterator ended after 0 of 1 micro-batches"):
         train(fresh(), short, objectives(), OPTIM, 3)
+
+    def floats(start):
+        yield {**make_batch("kinetics", 0, 2), "video": torch.zeros(2, 3, 4, 4, 4)}
+
+    with pytest.raises(TypeError, match=r"step 0: batch 'video' of dataset 'kinetics' is torch.float32; the"):
+        train(fresh(), floats, objectives(), OPTIM, 1)
     with pytest.raises(ValueError, match="train: accum_steps must be >= 1, got 0"):
         train(fresh(), short, objectives(), OPTIM, 3, accum_steps=0)
     with pytest.raises(KeyError, match="step 0: no objective for dataset 'kinetics'; have \\['imagenet'\\]"):

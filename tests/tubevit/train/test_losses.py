@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from unittest import mock
 
 import numpy as np
 import pytest
 import torch
+from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from tubevit.train.losses import MixUp, binary_cross_entropy, build_objective, cross_entropy, no_mix
@@ -110,3 +112,39 @@ def test_build_objective():
     video = torch.randn(2, 3, 2, 4, 4)
     out = no_mix(video, target, np.random.default_rng(0))
     assert out[0] is video and out[1] is target
+
+
+def test_mixup_lambda_is_torchvision_mixup_under_the_drawn_seed():
+    """lam comes from a torch.Generator seeded from rng: what v2.MixUp draws under torch.manual_seed(seed)."""
+    video = torch.randn(4, 3, 2, 5, 5)  # (B, C, T, H, W)
+    label = torch.tensor([0, 1, 2, 3])
+    for seed in range(5):
+        mixed, soft = MixUp(0.3, 5)(video, label, np.random.default_rng(seed))
+        torch_seed = int(np.random.default_rng(seed).integers(0, 2**63 - 1))  # the one draw MixUp makes
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(torch_seed)
+            expected, expected_soft = v2.MixUp(alpha=0.3, num_classes=5)(tv_tensors.Video(video), label)
+        assert torch.equal(mixed, expected.as_subclass(torch.Tensor)) and torch.equal(soft, expected_soft)
+        lam = MixUp(0.3, 5).draw_lambda(np.random.default_rng(seed))
+        assert (
+            0.0 <= lam <= 1.0
+            and soft[0, 0].item() == pytest.approx(lam)
+            and soft[0, 3].item() == pytest.approx(1 - lam)
+        )
+        torch.testing.assert_close(mixed, video * lam + video.roll(1, 0) * (1 - lam))
+
+
+def test_mixup_never_reseeds_the_global_rng():
+    def refuse(*args, **kwargs):
+        raise AssertionError("torch.manual_seed called by MixUp")
+
+    rng = np.random.default_rng(3)
+    video, label = torch.randn(3, 3, 1, 4, 4), torch.tensor([0, 1, 2])
+    state = torch.get_rng_state()
+    with mock.patch("torch.manual_seed", refuse), mock.patch("torch.random.manual_seed", refuse):
+        lams = [MixUp(0.3, 3)(video, label, rng)[1][0, 0].item() for _ in range(20)]
+    assert torch.equal(torch.get_rng_state(), state)
+    assert len(set(lams)) == 20 and all(0.0 <= lam <= 1.0 for lam in lams)
+    # Beta(0.3, 0.3) is U-shaped: most draws lie near 0 or 1
+    many = [MixUp(0.3, 3).draw_lambda(np.random.default_rng(s)) for s in range(400)]
+    assert np.mean([min(lam, 1 - lam) < 0.1 for lam in many]) > 0.5 and abs(np.mean(many) - 0.5) < 0.06
