@@ -3,9 +3,12 @@ DAG in <= 15 minutes on 2 CPU cores), and the metrics it reaches.
 
     .venv/bin/python benchmarks/demo.py                  # in a fresh temporary copy of the repository
     .venv/bin/python benchmarks/demo.py --in-place       # in this checkout (reruns only what changed)
+    .venv/bin/python benchmarks/demo.py --no-deploy      # without the background deployment server
 
 The copy holds the tracked and non-ignored files, with this checkout's .venv linked in (no installs), so
-every stage runs from scratch. Prints a table and writes ``benchmarks/results/demo.json``. Not a test.
+every stage runs from scratch. The main command also starts the Prefect server and the deployment server
+(``pipelines.deploy start``) in the background; both are stopped at the end (``pipelines.server stop``
+stops the two). Prints a table and writes ``benchmarks/results/demo.json``. Not a test.
 """
 
 from __future__ import annotations
@@ -58,11 +61,11 @@ def fresh_copy(dest: Path) -> Path:
     return dest
 
 
-def run_demo(workspace: Path, log_path: Path) -> tuple[int, float]:
+def run_demo(workspace: Path, log_path: Path, args: list[str] = ()) -> tuple[int, float]:
     start = time.monotonic()
     with open(log_path, "w") as log:
         proc = subprocess.run(
-            ["bash", "scripts/demo.sh"], cwd=workspace, stdout=log, stderr=subprocess.STDOUT
+            ["bash", "scripts/demo.sh", *args], cwd=workspace, stdout=log, stderr=subprocess.STDOUT
         )
     return proc.returncode, time.monotonic() - start
 
@@ -85,6 +88,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--in-place", action="store_true", help="run in this checkout, not a fresh copy")
     parser.add_argument("--keep", action="store_true", help="keep the temporary copy")
+    parser.add_argument("--no-deploy", action="store_true", help="demo.sh --no-deploy")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "demo.json")
     args = parser.parse_args()
 
@@ -99,19 +103,21 @@ def main() -> int:
     workspace = ROOT if tmp is None else fresh_copy(tmp / "repo")
     log_path = (tmp or Path(tempfile.gettempdir())) / "demo.log"
     try:
-        status, total = run_demo(workspace, log_path)
+        status, total = run_demo(workspace, log_path, ["--no-deploy"] if args.no_deploy else [])
         if status:
             print(log_path.read_text()[-5000:], file=sys.stderr)
             print(f"demo failed with status {status} after {total:.0f} s (log: {log_path})", file=sys.stderr)
             return status
         result = collect(workspace)
     finally:
-        # stop the Prefect server the copy started (it lives in <copy>/.prefect)
+        # stop the Prefect and deployment servers the copy started (they live in <copy>/.prefect)
         if tmp is not None:
             py = str(ROOT / ".venv" / "bin" / "python")
             subprocess.run([py, "-m", "pipelines.server", "stop"], cwd=workspace, check=False)
     record = {
-        "command": "bash scripts/demo.sh" + ("" if args.in_place else " (fresh copy)"),
+        "command": "bash scripts/demo.sh"
+        + (" --no-deploy" if args.no_deploy else "")
+        + ("" if args.in_place else " (fresh copy)"),
         "total_s": round(total, 1),
         "goal_total_s": 15 * 60,
         **result,

@@ -44,7 +44,13 @@ from prefect import flow, get_run_logger, serve
 from prefect.schedules import Cron
 
 from pipelines import server
-from pipelines.common import forward_logs_to_prefect, run_name, write_json_atomic, write_text_atomic
+from pipelines.common import (
+    forward_logs_to_prefect,
+    publish_result,
+    run_name,
+    write_json_atomic,
+    write_text_atomic,
+)
 from pipelines.params import load_params_or_exit
 
 __all__ = [
@@ -158,7 +164,7 @@ def repro_flow(workspace: str = str(ROOT), targets: list[str] | None = None) -> 
     log = get_run_logger()
     lines = run_dvc(["repro", *(targets or [])], Path(workspace), log)
     ran = [line.split("'")[1] for line in lines if line.startswith("Running stage '")]
-    return {"ran": ran, "up_to_date": not ran}
+    return publish_result("dvc-repro", None, {"ran": ran, "up_to_date": not ran})
 
 
 @flow(name="dvc-exp", flow_run_name=run_name("dvc-exp", "name"), log_prints=True)
@@ -174,7 +180,8 @@ def exp_flow(
     ran = [line.split("'")[1] for line in lines if line.startswith("Running stage '")]
     created = [line for line in lines if line.startswith("Ran experiment(s):")]
     experiment = created[-1].split(":", 1)[1].strip() if created else None
-    return {"experiment": experiment, "ran": ran}
+    result = {"experiment": experiment, "set_params": set_params or {}, "ran": ran}
+    return publish_result("dvc-exp", name, result)
 
 
 def deployments(workspace: Path, cron: str, timezone: str, schedule: bool = True) -> list:

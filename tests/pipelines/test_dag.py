@@ -61,6 +61,14 @@ def dvc(repo: Path, *args: str, timeout: float = 300) -> str:
     return _run([sys.executable, "-m", "dvc", *args], repo, timeout)
 
 
+def dvc_json(repo: Path, *args: str, timeout: float = 300):
+    """The JSON that ``dvc <args> --json`` prints on stdout (DVC's warnings go to stderr)."""
+    cmd = [sys.executable, "-m", "dvc", *args, "--json"]
+    result = subprocess.run(cmd, cwd=repo, env=_env(), capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{' '.join(cmd)} failed in {repo}:\n{result.stderr[-4000:]}"
+    return json.loads(result.stdout)
+
+
 def git(repo: Path, *args: str) -> str:
     return _run(["git", *args], repo, 60)
 
@@ -278,7 +286,7 @@ def test_metrics_and_plots_show(dag):
         summary = metrics[f"dvclive/{live}/metrics.json"]["data"]
         assert summary["step"] == 2 and summary["train"]["loss"] > 0, (live, summary)
 
-    plots = json.loads(dvc(a, "plots", "show", "--json"))["data"]
+    plots = dvc_json(a, "plots", "show")["data"]
     expected = {
         "Training loss": 3 * 2,  # 3 training stages x 2 steps
         "Per-class accuracy": 8 + 6 + 10,  # synthetic kinetics, imagenet, ssv2 classes
@@ -429,7 +437,7 @@ def test_reencode_quality_plots_are_declared(tmp_path):
         failed = [{"id": f"{ds}-bad{j}", "kind": "unreadable" if j % 2 else "missing"} for j in range(i)]
         write_failures_by_kind(repo / "videos" / ds, failed)
 
-    shown = json.loads(dvc(repo, "plots", "show", "--json"))
+    shown = dvc_json(repo, "plots", "show")
     assert not shown.get("errors"), shown.get("errors")
     plots = {name: p[0]["content"] for name, p in shown["data"].items()}
 

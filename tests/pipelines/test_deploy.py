@@ -124,6 +124,7 @@ def test_main_command_serves_the_deployments_and_experiments_leave_the_workspace
     named after their flow; `tubevit-exp` records the experiment and leaves params.yaml and the outputs as
     they were, so the next `tubevit-repro` has nothing to rerun; one stop command stops both servers."""
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -197,6 +198,16 @@ def test_main_command_serves_the_deployments_and_experiments_leave_the_workspace
             data = names["steps7"]["data"]
             assert data["params"]["params.yaml"]["data"]["pretrain"]["steps"] == 7
             assert data["metrics"]["echo.json"]["data"] == {"seed": 0, "steps": 7}
+            with get_client(sync_client=True) as client:  # the run's result, as a markdown artifact
+                (artifact,) = client.read_artifacts(
+                    artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["dvc-exp-steps7"]))
+                )
+                assert artifact.flow_run_id == run.id
+                assert "| experiment | steps7 |" in artifact.data
+                assert (
+                    "| set_params.pretrain.steps | 7 |" in artifact.data
+                    and '| ran | ["echo"] |' in artifact.data
+                )
 
             # the nightly run after the experiment: the baseline is unchanged, nothing reruns
             run = run_deployment("dvc-repro/tubevit-repro", timeout=180, poll_interval=1)

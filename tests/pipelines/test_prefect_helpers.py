@@ -124,3 +124,39 @@ def test_help_shows_usage_examples(name, capsys):
         # the one flag name for "run without Prefect"; the old one still parses, unlisted
         assert "--no-flow" in head and "--no-prefect" not in text
         assert re.search(r"--no-flow\b", examples)
+
+
+def test_every_stage_flow_is_named_per_run_and_training_flows_retry(monkeypatch):
+    """Each stage's flow names its runs `<stage>-<dataset>-<UTC time>` (from the flow's dataset parameter)
+    and the training flows retry once (they resume from their checkpoints)."""
+    from prefect.runtime import flow_run
+
+    flows = {
+        "download": ("download_flow", "name"),
+        "reencode": ("reencode_flow", "name"),
+        "shard": ("shard_flow", "name"),
+        "pretrain": ("pretrain_flow", None),
+        "finetune": ("finetune_flow", "name"),
+        "evaluate": ("evaluate_flow", "name"),
+    }
+    for stage, (attr, dataset_param) in flows.items():
+        flow = getattr(importlib.import_module(f"pipelines.{stage}"), attr)
+        assert flow.name == stage
+        parameters = {"params": object(), "paths": {}} | ({dataset_param: "ssv2"} if dataset_param else {})
+        assert set(parameters) - {"params", "paths"} <= set(flow.parameters.properties), stage
+        monkeypatch.setitem(flow_run.FIELDS, "parameters", lambda parameters=parameters: parameters)
+        expected = rf"{stage}-ssv2-\d{{8}}-\d{{6}}" if dataset_param else rf"{stage}-\d{{8}}-\d{{6}}"
+        assert re.fullmatch(expected, flow.flow_run_name()), (stage, flow.flow_run_name())
+        assert flow.retries == (1 if stage in ("pretrain", "finetune") else 0), stage
+
+
+def test_run_name_format(monkeypatch):
+    from prefect.runtime import flow_run
+
+    from pipelines.common import run_name
+
+    monkeypatch.setitem(flow_run.FIELDS, "parameters", lambda: {"name": "kinetics", "cfg": object()})
+    assert re.fullmatch(r"reencode-kinetics-\d{8}-\d{6}", run_name("reencode")())
+    assert re.fullmatch(r"pretrain-\d{8}-\d{6}", run_name("pretrain", None)())
+    monkeypatch.setitem(flow_run.FIELDS, "parameters", lambda: {})  # no dataset given: stage and time
+    assert re.fullmatch(r"shard-\d{8}-\d{6}", run_name("shard")())

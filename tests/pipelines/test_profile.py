@@ -105,6 +105,8 @@ def test_paper_recipes_equal_table1(recipes, dataset, variant):
     assert recipe.wd_mode == "adamw"  # decoupled weight decay (docs/design.md "Training")
     assert recipe.tubes == ("charades_interpolated" if dataset == "charades" else "paper")
     assert recipe.compile is True  # paper recipes are for GPUs
+    assert (recipe.precision, recipe.augment_on) == ("bf16", "device")
+    assert recipe.grad_checkpointing is (variant != "base")
     assert set(recipes["paper"]) == set(TABLE1)
     assert set(recipes["paper"][dataset]) == set(VARIANTS)
 
@@ -168,6 +170,17 @@ def test_paper_profile_sets_the_active_sections(tmp_path, params, recipes, varia
         )
         assert (lcfg.crop_scale, lcfg.crop_ratio) == ((0.25, 1.0), (0.75, 4 / 3))  # pinned, not [0.5, 1]
     assert (pre.optim.clip_grad, pre.compile) == (1.0, True)
+    # GPU recipes: bf16, compile, augmentation on the device, activation checkpointing for L and H
+    checkpointing = variant != "base"
+    assert (pre.precision, pre.grad_checkpointing) == ("bf16", checkpointing)
+    assert {lcfg.augment_on for lcfg in pre.loader.values()} == {"device"}
+    for section in p.finetune.values():
+        assert (section.precision, section.grad_checkpointing, section.compile) == (
+            "bf16",
+            checkpointing,
+            True,
+        )
+        assert section.loader.augment_on == "device"
     assert (p.evaluate.temporal_views, p.evaluate.spatial_views) == (4, 3)
 
     ch = p.finetune["charades"]
@@ -436,8 +449,16 @@ def test_recipes_can_set_how_training_runs(tmp_path, params):
     base = profile_updates(params, book, "paper", "base", nproc=8, allow_synthetic=True)
     assert base["pretrain.grad_checkpointing"] is False
 
-    plain = profile_updates(params, load_recipes(), "paper", "large", nproc=8, allow_synthetic=True)
-    assert not [k for k in plain if k.endswith((".precision", ".grad_checkpointing", ".augment_on"))]
+    def plain(d):
+        for variants in d["paper"].values():
+            for recipe in variants.values():
+                for key in ("precision", "grad_checkpointing", "augment_on"):
+                    recipe.pop(key, None)
+
+    unset = profile_updates(
+        params, load_recipes(_write_recipes(tmp_path, plain)), "paper", "large", nproc=8, allow_synthetic=True
+    )
+    assert not [k for k in unset if k.endswith((".precision", ".grad_checkpointing", ".augment_on"))]
     with pytest.raises(ConfigError) as info:
         load_recipes(_write_recipes(tmp_path, lambda d: d["paper"]["ssv2"]["base"].update(precision="bf17")))
     assert info.value.key == "paper.ssv2.base.precision" and "'bf16'" in info.value.reason
