@@ -191,7 +191,10 @@ def run(
         "pretrained_sha256": weights_sha,
         "tubes_name": fcfg.tubes,
     }
-    inputs = {name: {"frames": lcfg.frames, "size": lcfg.size}}
+    dcfg = params.dataset(name)
+    inputs = {
+        name: {"frames": lcfg.frames, "size": lcfg.size, "fps": dcfg.fps, "short_side": dcfg.short_side}
+    }
     summary = stage.save(io, result, model, bundle.config, {name: meta}, inputs, extra)
 
     # report

@@ -141,7 +141,15 @@ def run(
         )
         for name, meta in metas.items()
     }
-    inputs = {name: {"frames": pcfg.loader[name].frames, "size": pcfg.loader[name].size} for name in weights}
+    inputs = {  # what `tubevit predict` needs to read a new video the way this head was trained
+        name: {
+            "frames": pcfg.loader[name].frames,
+            "size": pcfg.loader[name].size,
+            "fps": params.dataset(name).fps,
+            "short_side": params.dataset(name).short_side,
+        }
+        for name in weights
+    }
     io = training.RunOutputs(out, checkpoints, live, timing, callbacks, progress)
     result = stage.train(
         pcfg,

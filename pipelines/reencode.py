@@ -95,6 +95,7 @@ from pipelines.common import (
     stage_lock,
     task_runner,
     usage_examples,
+    write_failures_by_kind,
     write_json_atomic,
     write_jsonl_atomic,
 )
@@ -593,6 +594,7 @@ def _reencode_locked(name, items, classes, cfg, rcfg, raw: Path, out: Path, map_
     write_jsonl_atomic(out / "manifest.jsonl", manifest)
     write_json_atomic(out / "classes.json", list(classes))
     outcomes.write_failures(out)
+    write_failures_by_kind(out, outcomes.failed)  # the failures-by-reason plot
     write_json_atomic(out / "quality.json", quality)
     summary = _summary(name, cfg, ordered, quality, outcomes.failed)
     write_json_atomic(out / "summary.json", summary)
