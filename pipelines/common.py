@@ -1,7 +1,7 @@
 """Helpers shared by every stage: atomic writes, JSON lines, checksums, per-item outcomes, task runners,
 and the Prefect conventions (flow run names, logs and result artifacts, the ``--no-flow`` flag).
 
-Rules that these helpers enforce (DESIGN.md, "DVC outs"):
+Rules that these helpers enforce (docs/design.md, "DVC outs"):
 - Never modify an existing out file in place: with DVC's hardlink/symlink cache those bytes are the cache's.
   Every write goes to ``.<name>.tmp-<uuid>`` in the same folder and is renamed over the final name.
 - A stage deletes stale temporaries (from a killed run) when it starts: :func:`remove_stale_temporaries`.

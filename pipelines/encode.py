@@ -107,7 +107,7 @@ def encode_spec(
     start: float | None = None,
     length: float | None = None,
 ):
-    """The ffmpeg-python spec of the pinned re-encode command (DESIGN "Re-encode").
+    """The ffmpeg-python spec of the pinned re-encode command (docs/design.md "Re-encode").
 
     Args:
         src: the source file; made absolute (ids, hence names, may start with ``-``).

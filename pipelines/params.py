@@ -74,7 +74,7 @@ def check_model(model: ModelConfig, key: str, **changes: Any) -> None:
 
 @dataclass(frozen=True)
 class Params:
-    """The whole ``params.yaml``, validated. Sections mirror the stages (DESIGN.md "Params")."""
+    """The whole ``params.yaml``, validated. Sections mirror the stages (docs/design.md "Params")."""
 
     datasets: dict[str, DatasetConfig]
     reencode: ReencodeConfig = field(default_factory=ReencodeConfig)

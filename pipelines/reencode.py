@@ -15,7 +15,7 @@ Reads the items of every split in ``datasets.<ds>.splits`` through the dataset's
 - ``<split>/<safe name>.mp4`` (images: ``.jpg``), and beside it ``<safe name>.mp4.json``, the item's
   *sidecar*: the item-level params it was made with (fps, short side, trim window, codec args, source
   size) and the probed result. A rerun reuses an output only if its sidecar records the same params and the
-  output still has the recorded size (DESIGN "DVC outs": ``videos/`` is ``persist: true``).
+  output still has the recorded size (docs/design.md "DVC outs": ``videos/`` is ``persist: true``).
 - ``manifest.jsonl``: one row per re-encoded item, sorted by (split, id): id, split, file (relative to
   ``--out``), label, labels, actions, fps, frames, duration (s), width, height, source. Images: fps and
   duration are ``null`` and frames is 1.
@@ -25,7 +25,7 @@ Reads the items of every split in ``datasets.<ds>.splits`` through the dataset's
   a rerun, or a run resumed after a kill, writes the same bytes. What differs between runs (items reused,
   wall time) is returned by :func:`run` and logged, never written into the out.
 
-Video (DESIGN "Re-encode", pinned)::
+Video (docs/design.md "Re-encode", pinned)::
 
     ffmpeg -nostdin -threads 1 [-ss <start> -t <length>] -i <absolute path> -map 0:v:0 -an -sn -dn
         -vf fps=<fps>,scale=<short side, other side -2>,setsar=1,format=yuv420p -c:v libx264 -preset <p>

@@ -6,7 +6,7 @@ files + media), so the same adapter and every later stage serve both. Everything
 so two runs on one machine image give identical bytes. Train and val come from different seeds and have
 disjoint ids.
 
-Classes need time (DESIGN.md, "Synthetic data must need time"): within each class pair, any single frame at
+Classes need time (docs/design.md, "Synthetic data must need time"): within each class pair, any single frame at
 any time index has the same distribution in both classes, the first frame included.
 - Kinetics-like: 12 classes = 3 colour families (red, green, blue) x 4 motions (left, right, grow, shrink).
   The object's shape is random noise (not part of the label). Translations wrap around the frame with a

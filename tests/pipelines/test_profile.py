@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PARAMS = ROOT / "params.yaml"
 RECIPES = ROOT / "recipes.yaml"
 
-# Supplement Table 1 (../shared/paper/tubevit-supplement.md), written out here by hand. K400/K600/K700
+# Supplement Table 1 (the paper's supplement; docs/design.md), written out here by hand. K400/K600/K700
 # share a column ("kinetics"). "-" in the table is 0 here. Size 224 and 4x3 views: main paper (Table 7f).
 TABLE1_COMMON = {
     "optimizer": "adam",
@@ -371,7 +371,11 @@ def test_recipe_for_an_undefined_dataset_is_refused(tmp_path):
 
 # (profile, variant): every recipe set in recipes.yaml
 PROFILES = [("paper", v) for v in VARIANTS] + [("embedded", "nano")]
-PAPER_PARAMS_M = {"base": 91.3, "large": 311.7, "huge": 642.7}  # DESIGN.md, IN1k + K600 heads, no head MLP
+PAPER_PARAMS_M = {
+    "base": 91.3,
+    "large": 311.7,
+    "huge": 642.7,
+}  # docs/design.md, IN1k + K600 heads, no head MLP
 
 
 @pytest.mark.parametrize(("profile", "variant"), PROFILES, ids=[f"{p}-{v}" for p, v in PROFILES])

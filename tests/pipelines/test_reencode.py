@@ -190,7 +190,7 @@ def test_ffmpeg_command_is_the_pinned_command(tmp_path):
 
 
 def test_pinned_argument_order_gives_the_same_bytes(kinetics_raw, kinetics_run, tmp_path):
-    """DESIGN's command, in its written order, run as a plain CLI gives the stage's output byte for byte."""
+    """docs/design.md's pinned command, in its written order, run as a plain CLI gives the stage's output byte for byte."""
     out, _, _ = kinetics_run
     row = next(r for r in read_jsonl(out / "manifest.jsonl") if r["id"] == "rotated0001_000000_000003")
     dst = tmp_path / "pinned.mp4"

@@ -2,7 +2,7 @@
 
 The cluster is a small in-process ``LocalCluster`` (``processes=False``: one worker, two threads), which runs
 the same Prefect tasks through ``prefect_dask.DaskTaskRunner`` as a remote cluster would; workers of a real
-cluster need the workspace on a shared filesystem at the same path (DESIGN "Beyond one machine").
+cluster need the workspace on a shared filesystem at the same path (docs/design.md "Beyond one machine").
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ Precision = Literal["auto", "bf16", "fp16", "fp32"]
 class OptimConfig:
     """Adam with weight decay, linear warmup then cosine decay, and gradient-norm clipping.
 
-    ``wd_mode`` (DESIGN "Training"):
+    ``wd_mode`` (docs/design.md "Training"):
       - ``adamw``: ``torch.optim.AdamW(weight_decay=wd)``; the per-step shrink is ``lr_t * wd``.
       - ``decoupled_unscaled``: decoupled decay that does not scale with the base LR (Loshchilov & Hutter):
         the per-step shrink is ``wd * schedule_t`` (``schedule_t`` in [0, 1]).

@@ -1,6 +1,6 @@
 """The synthetic datasets: real formats, determinism, disjoint splits, and classes that need time.
 
-The separability tests are the proof behind DESIGN.md "Synthetic data must need time": within a class pair,
+The separability tests are the proof behind docs/design.md "Synthetic data must need time": within a class pair,
 a single-frame classifier stays at chance at every time index, while a time-difference feature separates the
 pair; the same single-frame classifier does tell colour families apart (it is not blind).
 """

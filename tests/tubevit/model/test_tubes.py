@@ -110,7 +110,7 @@ def test_s2d_tubes_have_exactly_their_twins_token_count():
         twin = TubeSpec(spec.kernel, spec.stride, spec.offset, (1, 1, 1), spec.learned_kernel)
         for T, H, W in [(32, 224, 224), (64, 224, 224), (16, 112, 112), (8, 64, 64), (7, 13, 29)]:
             assert grid(spec, T, H, W) == grid(twin, T, H, W)
-    # halving the stride and pairing neighbours would give 27 here (DESIGN.md); ours keeps the twin's 48
+    # halving the stride and pairing neighbours would give 27 here (docs/design.md); ours keeps the twin's 48
     assert token_counts(get_tube_set("paper")[1:2], 32, 112, 112) == [48]
 
 
@@ -218,7 +218,7 @@ def test_interpolation_keeps_params_tokens_and_constant_response(base, interp):
         factors = {k / kl for k, kl in zip(spec.kernel, spec.weight_kernel, strict=True)}
         if all(f == int(f) for f in factors):  # exact for integer scale factors (8->16, 4->8, 16->32)
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-        else:  # 12->32 (6->16): within about 2% (DESIGN.md)
+        else:  # 12->32 (6->16): within about 2% (docs/design.md)
             assert ((a - b).abs().max() / b.abs().max()).item() < 0.02
         torch.testing.assert_close(
             centers(spec, T, S, S),

@@ -24,7 +24,7 @@ def test_image_path_parameters_match_table2(variant, paper_m, ours_m):
     c = parameter_counts(model)
     image_path = c["tubes"] + c["encoder"] + c["classifiers"]
     assert abs(image_path / 1e6 - paper_m) / paper_m < 0.015
-    assert round(image_path / 1e6, 2) == ours_m  # DESIGN.md's figure
+    assert round(image_path / 1e6, 2) == ours_m  # docs/design.md's figure
 
 
 @pytest.mark.parametrize(
