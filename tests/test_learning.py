@@ -27,6 +27,7 @@ import torch
 
 from pipelines.datasets import synthetic
 from tubevit.config.train import OptimConfig
+from tubevit.data.augment import normalize
 from tubevit.evaluate import charades_map, static_frames
 from tubevit.model.tubevit import create_model
 from tubevit.train.loop import train
@@ -36,14 +37,11 @@ pytestmark = pytest.mark.slow
 
 SIZE, FRAMES, FPS = 32, 16, 15.0
 TUBES = "embedded32"  # the embedded default's set: frame 0 as 8x8 patches + 8x8x8 tubes tiling the clip
-MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1, 1) * 255
-STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1, 1) * 255
 
 
 def _normalise(clips: np.ndarray) -> torch.Tensor:
-    """uint8 (N, T, H, W, 3) -> float32 normalised (N, 3, T, H, W)."""
-    x = torch.from_numpy(clips).permute(0, 4, 1, 2, 3).float()  # NTHWC -> NCTHW
-    return (x - MEAN) / STD
+    """uint8 (N, T, H, W, 3) -> uint8 (N, 3, T, H, W): the loaders' batch layout (the loop normalises)."""
+    return torch.from_numpy(clips).permute(0, 4, 1, 2, 3).contiguous()  # NTHWC -> NCTHW
 
 
 def kinetics_set(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,7 +105,7 @@ def logits_of(model, name, x, transform=None):
     model.eval()
     out = []
     for i in range(0, len(x), 64):
-        v = x[i : i + 64]
+        v = normalize(x[i : i + 64])  # as the loop and evaluation do on their device
         if transform is not None:
             v = transform(v, torch.Generator().manual_seed(i))
         out.append(model(v, name))

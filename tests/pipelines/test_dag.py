@@ -234,7 +234,12 @@ def test_param_change_reruns_only_dependent_stages(dag):
     # (key, value, stages whose params changed, the key DVC reports: the leaf, or the tracked section)
     cases = [
         ("finetune.charades.steps", 3, ["finetune@charades"], "finetune.charades"),
-        ("datasets.ssv2.fps", 12, ["reencode@ssv2"], "datasets.ssv2.fps"),
+        (
+            "datasets.ssv2.fps",
+            12,
+            ["finetune@ssv2", "reencode@ssv2"],
+            "datasets.ssv2.fps",
+        ),  # the bundle records fps
         ("evaluate.temporal_views", 2, [f"evaluate@{d}" for d in DATASETS], "evaluate"),
         ("model.head_dropout", 0.1, ["pretrain"], "model"),
         ("reencode.workers", 1, [], None),  # execution-only keys are not tracked: nothing reruns

@@ -141,4 +141,9 @@ def test_params_evaluate_views_are_used(base, pretrained, tmp_path):
         controls=False,
     )
     assert out["views"] == 1 and "top1_shuffled" not in out
-    assert training.load_model(pretrained).inputs["kinetics"] == {"frames": 8, "size": 64}
+    assert training.load_model(pretrained).inputs["kinetics"] == {
+        "frames": 8,
+        "size": 64,
+        "fps": 15.0,
+        "short_side": 64,
+    }

@@ -46,7 +46,9 @@ def test_ssv2_new_head_and_outputs(base, pretrained, tmp_path):
     assert {k for k in state if k.startswith("heads.")} == {"heads.ssv2.weight", "heads.ssv2.bias"}
     assert state["heads.ssv2.weight"].shape == (10, 64)
     config = json.loads((tmp_path / "m" / "config.json").read_text())
-    assert config["heads"] == {"ssv2": 10} and config["inputs"] == {"ssv2": {"frames": 8, "size": 64}}
+    assert config["heads"] == {"ssv2": 10} and config["inputs"] == {
+        "ssv2": {"frames": 8, "size": 64, "fps": 24.0, "short_side": 64}
+    }
     assert config["model"]["head_dropout"] == 0.0  # the architecture; dropout is a training setting
     assert config["stage"] == "finetune-ssv2" and len(config["pretrained_sha256"]) == 64
     # the encoder started from the pretrained weights: after 2 small steps it is close to them

@@ -136,7 +136,7 @@ def test_every_stage_flow_is_named_per_run_and_training_flows_retry(monkeypatch)
         "reencode": ("reencode_flow", "name"),
         "shard": ("shard_flow", "name"),
         "pretrain": ("pretrain_flow", None),
-        "finetune": ("finetune_flow", "name"),
+        "finetune": ("finetune_flow", "dataset"),
         "evaluate": ("evaluate_flow", "name"),
     }
     for stage, (attr, dataset_param) in flows.items():

@@ -58,7 +58,10 @@ def test_outputs_and_contents(base, shards, tmp_path):
     assert config["heads"] == {"kinetics": k_kinetics, "imagenet": 6}
     assert config["model"]["variant"] == "nano"
     assert config["model"]["tubes"] == [s.to_dict() for s in get_tube_set("embedded")]
-    assert config["inputs"] == {"kinetics": {"frames": 8, "size": 64}, "imagenet": {"frames": 1, "size": 64}}
+    assert config["inputs"] == {  # the head's input, and how `tubevit predict` reads a new video for it
+        "kinetics": {"frames": 8, "size": 64, "fps": 15.0, "short_side": 64},
+        "imagenet": {"frames": 1, "size": 64, "fps": 15.0, "short_side": 64},
+    }
     assert config["tokens"]["kinetics"] == sum(token_counts(get_tube_set("embedded"), 8, 64, 64)) == 96
     assert config["tokens"]["imagenet"] == 64
     assert config["classes"]["kinetics"] == index["kinetics"]["classes"] and config["multilabel"] == {
