@@ -492,7 +492,11 @@ class _TrainSample:
             if self.cache is not None:
                 video = self.cache.get(url, key, lambda: decode_all(data, name))
                 idx = train_indices(len(video), self.frames, rng)  # the rng draws of decode_clip_train
-                frames, start = video[idx], int(idx[0])
+                start = int(idx[0])
+                # consecutive frames: a view of the cached video (no copy here; the collate copies it
+                # once); a video shorter than the window repeats its last frame (a gather)
+                consecutive = int(idx[-1]) - start == len(idx) - 1
+                frames = video[start : start + len(idx)] if consecutive else video[idx]
             else:
                 frames, start, _ = decode_clip_train(data, self.frames, rng, name)
             if self.multilabel and meta.get("actions") is not None:
