@@ -527,12 +527,13 @@ def make_batches(
     A pure function of ``start_step``: each dataset's loader starts at the batch position that the steps
     before ``start_step`` consumed (``step_counts`` x ``accum_steps``), in the epoch it falls in. Each
     loader's ``augment_on: auto`` is resolved for the training ``device``
-    (:func:`tubevit.data.augment.resolve_augment_on`: ``device`` on CUDA); the batches are uint8 and the
+    (:func:`tubevit.data.augment.resolve_augment_on`: ``device`` on CUDA and, on the CPU, with
+    ``workers: 0``); the batches are uint8 and the
     loop normalises them on the device.
     """
     weights = dict(weights)
     loaders = {
-        name: dataclasses.replace(lcfg, augment_on=resolve_augment_on(lcfg.augment_on, device))
+        name: dataclasses.replace(lcfg, augment_on=resolve_augment_on(lcfg.augment_on, device, lcfg.workers))
         for name, lcfg in loaders.items()
     }
 

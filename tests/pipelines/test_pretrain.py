@@ -391,9 +391,9 @@ def test_image_to_video_scaling_through_the_stage(base, shards, tmp_path):
 
 
 def test_augment_on_is_resolved_for_the_training_device(shards):
-    """``augment_on: auto`` becomes ``device`` for a CUDA run and the measured CPU choice for a CPU run;
-    an explicit value is kept."""
-    from tubevit.data.augment import CPU_AUTO_CHOICE
+    """``augment_on: auto`` becomes ``device`` for a CUDA run and the measured CPU choice for a CPU run
+    (``device`` with ``workers: 0``, :data:`CPU_AUTO_CHOICE` with workers); an explicit value is kept."""
+    from tubevit.data.augment import CPU_AUTO_CHOICE, CPU_AUTO_CHOICE_NO_WORKERS
 
     params = micro_params()
     metas = {
@@ -403,7 +403,9 @@ def test_augment_on_is_resolved_for_the_training_device(shards):
     loaders = dict(params.pretrain.loader)
     loaders["imagenet"] = dataclasses.replace(loaders["imagenet"], augment_on="cpu")
     assert loaders["kinetics"].augment_on == "auto"
-    for device, expected in ((torch.device("cpu"), CPU_AUTO_CHOICE), (torch.device("cuda"), "device")):
+    cpu_choice = CPU_AUTO_CHOICE if loaders["kinetics"].workers else CPU_AUTO_CHOICE_NO_WORKERS
+    assert CPU_AUTO_CHOICE_NO_WORKERS == "device" and CPU_AUTO_CHOICE == "cpu"
+    for device, expected in ((torch.device("cpu"), cpu_choice), (torch.device("cuda"), "device")):
         batches = training.make_batches(
             metas,
             loaders,
@@ -416,6 +418,18 @@ def test_augment_on_is_resolved_for_the_training_device(shards):
         )(0)
         assert batches.loaders["kinetics"].augment_on == expected
         assert batches.loaders["imagenet"].augment_on == "cpu"
+    workers = dict(loaders, kinetics=dataclasses.replace(loaders["kinetics"], workers=1))
+    batches = training.make_batches(
+        metas,
+        workers,
+        params.pretrain.datasets,
+        seed=0,
+        accum_steps=1,
+        rank=0,
+        world_size=1,
+        device=torch.device("cpu"),
+    )(0)
+    assert batches.loaders["kinetics"].augment_on == CPU_AUTO_CHOICE
 
 
 def test_grad_checkpointing_and_precision_reach_the_loop(shards, tmp_path):

@@ -42,6 +42,7 @@ from torchvision.transforms.v2.functional._geometry import _get_inverse_affine_m
 __all__ = [
     "AUGMENT_ON",
     "CPU_AUTO_CHOICE",
+    "CPU_AUTO_CHOICE_NO_WORKERS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "NUM_MAGNITUDE_BINS",
@@ -75,12 +76,23 @@ _AFFINE_OPS = frozenset({"ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate
 
 AUGMENT_ON = ("auto", "cpu", "device")
 CPU_AUTO_CHOICE = "cpu"
-"""What ``augment_on: auto`` means when training on the CPU.
+"""What ``augment_on: auto`` means when training on the CPU with loader workers (``workers > 0``).
 
 ``benchmarks/augment.py`` (``benchmarks/results/augment.json``) measures the two paths at about the same cost
 per clip on one CPU core: device path / CPU path 0.83-1.09 across its rows (0.73-1.13 over runs, under shared
 load). The CPU path runs in the loader's worker processes, concurrently with the training step; the device
 path runs in the training process, serially with it. At equal cost the CPU path wins.
+"""
+
+CPU_AUTO_CHOICE_NO_WORKERS = "device"
+"""What ``augment_on: auto`` means when training on the CPU with ``workers: 0``.
+
+Without workers both paths run in the training process, serially with the step, so only their cost
+counts: the device path crops a whole batch in one call and skips the per-sample tensor work of the CPU
+path (the per-sample resize, the stack of cropped clips). On the embedded default (16x32^2 crops from
+64^2 sources, batch 32, 1 thread) the pretrain stage ran 0.057 s/step with ``device`` against 0.072 with
+``cpu`` (300 steps each, shared 2-core machine under load; ``benchmarks/stage_speed.py``), with the
+same final loss: on the CPU the batched crop runs the same per-sample kernel.
 """
 
 
@@ -355,11 +367,20 @@ def _crop_resize_per_sample(video: torch.Tensor, params: Sequence[ClipParams], s
     measured there). Returns float32 ``(B, C, T, size, size)``.
     """
     out = torch.empty(*video.shape[:3], size, size, dtype=torch.float32, device=video.device)
+    native = video.dtype == torch.uint8 and not video.is_cuda  # torch's own uint8 antialiased kernel
     for i, p in enumerate(params):
         crop = video[i, :, :, p.top : p.top + p.height, p.left : p.left + p.width]  # (C, T, h, w) view
         # torch's uint8 kernel is 4x faster on interleaved RGB: copy the crop to (T, C, h, w) channels-last
         crop = crop.transpose(0, 1).contiguous(memory_format=torch.channels_last)
-        out[i] = F.resize(crop, [size, size], antialias=True).transpose(0, 1)  # TCHW -> CTHW
+        if native and (p.height, p.width) != (size, size):
+            # exactly the call F.resize makes for a uint8 CPU tensor (bitwise the same), without its
+            # per-call Python dispatch (about 35 us per clip, 1 ms per batch of 32)
+            resized = nnf.interpolate(
+                crop, size=[size, size], mode="bilinear", align_corners=False, antialias=True
+            )
+        else:
+            resized = F.resize(crop, [size, size], antialias=True)
+        out[i] = resized.transpose(0, 1)  # TCHW -> CTHW
     return out
 
 
@@ -608,14 +629,17 @@ def to_model_input(
     return normalize(video, dtype)
 
 
-def resolve_augment_on(value: str, device: torch.device | str) -> str:
-    """``augment_on`` for training on ``device``: ``"cpu"`` or ``"device"``.
+def resolve_augment_on(value: str, device: torch.device | str, workers: int = 0) -> str:
+    """``augment_on`` for training on ``device`` with ``workers`` loader workers: ``"cpu"`` or ``"device"``.
 
-    ``auto`` is ``device`` on CUDA and :data:`CPU_AUTO_CHOICE` (measured) elsewhere; ``cpu`` and ``device``
-    are returned as given.
+    ``auto`` is ``device`` on CUDA; on the CPU it is :data:`CPU_AUTO_CHOICE_NO_WORKERS` (``device``) with
+    ``workers == 0`` and :data:`CPU_AUTO_CHOICE` (``cpu``) with workers (both measured). ``cpu`` and
+    ``device`` are returned as given.
     """
     if value not in AUGMENT_ON:
         raise ValueError(f"augment_on: must be one of {', '.join(AUGMENT_ON)}, got {value!r}")
     if value != "auto":
         return value
-    return "device" if torch.device(device).type == "cuda" else CPU_AUTO_CHOICE
+    if torch.device(device).type == "cuda":
+        return "device"
+    return CPU_AUTO_CHOICE if workers > 0 else CPU_AUTO_CHOICE_NO_WORKERS

@@ -342,7 +342,10 @@ def test_to_model_input_runs_the_device_path_only_with_packed_params():
 
 def test_resolve_augment_on():
     assert resolve_augment_on("auto", "cuda:0") == "device"
-    assert resolve_augment_on("auto", "cpu") == augment.CPU_AUTO_CHOICE
+    assert resolve_augment_on("auto", "cpu") == augment.CPU_AUTO_CHOICE_NO_WORKERS == "device"
+    assert resolve_augment_on("auto", "cpu", workers=2) == augment.CPU_AUTO_CHOICE == "cpu"
+    assert resolve_augment_on("auto", "cuda:0", workers=2) == "device"
+    assert resolve_augment_on("cpu", "cpu", workers=0) == "cpu"
     assert resolve_augment_on("device", "cpu") == "device"
     assert resolve_augment_on("cpu", torch.device("cuda")) == "cpu"
     with pytest.raises(ValueError, match="augment_on: must be one of auto, cpu, device, got 'gpu'"):

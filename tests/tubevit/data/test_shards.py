@@ -311,6 +311,52 @@ def test_decoded_cache_gives_the_same_batches_and_decodes_once(root):
         assert cache.bytes == sum(v.nbytes for v in cache.items.values())
 
 
+def test_shard_cache_replays_each_shard_and_reads_it_once(root):
+    """cache_mb > 0 also keeps each shard's samples: a shard drawn again is replayed from memory (no tar
+    read) with the same samples in the same order, so the batches equal the uncached loader's."""
+    urls = shard_urls(root / "kinetics" / "train" / "index.json")
+    plain = _loader(root, AUG, epoch_batches=2)
+    cached = _loader(root, replace(AUG, cache_mb=64), epoch_batches=2)
+    for _epoch in range(3):
+        for x, y in zip(list(plain), list(cached), strict=True):
+            assert x["key"] == y["key"] and torch.equal(x["video"], y["video"])
+            assert torch.equal(x["label"], y["label"])
+    shards = cached.shard_cache
+    assert 0 < len(shards.items) <= len(urls) and set(shards.items) <= set(urls)
+    assert shards.misses >= len(shards.items) and shards.hits > 0
+    on_disk = {url: read_tar_samples(Path(url)) for url in shards.items}
+    for url, samples in shards.items.items():
+        assert [s["__key__"] for s in samples] == list(on_disk[url])
+        for s in samples:
+            d = on_disk[url][s["__key__"]]
+            assert s["mp4"] == d["mp4"] and s["json"] == d["json"] and s["__url__"] == url
+    size = sum(
+        len(v) for ss in shards.items.values() for s in ss for v in s.values() if isinstance(v, bytes | str)
+    )
+    assert shards.bytes == size
+
+
+def test_shard_cache_keeps_only_whole_shards_within_budget(root):
+    from tubevit.data.shards import ShardCache
+
+    url = shard_urls(root / "kinetics" / "train" / "index.json")[0]
+    errors = []
+    tiny = ShardCache(max_bytes=10)  # no shard fits: every draw reads the tar
+    read = [s["__key__"] for s in tiny.stage(errors.append)([{"url": url}, {"url": url}])]
+    keys = list(read_tar_samples(Path(url)))
+    assert read == keys + keys and tiny.items == {} and (tiny.hits, tiny.misses) == (0, 2)
+    cache = ShardCache(max_bytes=1 << 30)
+    stream = cache.stage(errors.append)([{"url": url}])
+    next(stream)  # left early (an epoch ends mid-shard): not kept
+    stream.close()
+    assert cache.items == {}
+    assert [s["__key__"] for s in cache.stage(errors.append)([{"url": url}] * 2)] == keys + keys
+    assert list(cache.items) == [url] and (cache.hits, cache.misses) == (1, 2)
+    missing = ShardCache(max_bytes=1 << 30)
+    assert list(missing.stage(lambda exn: errors.append(exn) or True)([{"url": url + ".gone"}])) == []
+    assert missing.items == {} and len(errors) == 1 and ".gone" in str(errors[0])
+
+
 def test_decoded_cache_respects_its_budget(root):
     from tubevit.data.shards import DecodedCache
 
@@ -509,5 +555,9 @@ def test_augment_on_is_validated_and_auto_resolves_for_this_machine(root):
     with pytest.raises(ConfigError, match=r"augment_on.*must be one of auto, cpu, device, got 'gpu'"):
         LoaderConfig(augment_on="gpu")
     loader = _loader(root, replace(PLAIN, augment_on="auto"))
-    assert loader.augment_on == ("device" if torch.cuda.is_available() else CPU_AUTO_CHOICE)
+    assert PLAIN.workers == 0  # without workers the CPU, too, crops batched in the training process
+    assert loader.augment_on == "device"
+    assert _loader(root, replace(PLAIN, augment_on="auto", workers=1)).augment_on == (
+        "device" if torch.cuda.is_available() else CPU_AUTO_CHOICE
+    )
     assert _loader(root, DEVICE).augment_on == "device" and _loader(root, AUG).augment_on == "cpu"

@@ -89,6 +89,36 @@ def test_decoupled_unscaled_follows_schedule_not_base_lr():
     sched.step()
 
 
+@pytest.mark.parametrize("mode", ["adamw", "decoupled_unscaled", "l2"])
+def test_cpu_optimizer_is_foreach_and_bitwise_equal_to_the_per_parameter_loop(mode):
+    """On the CPU the optimiser is the multi-tensor (foreach) Adam(W): not fused, and after several steps
+    of varying gradients its weights equal, bit for bit, those of torch's per-parameter implementation."""
+    cfg = OptimConfig(lr=1e-2, weight_decay=0.05, wd_mode=mode, warmup_steps=0)
+    models = [nn.Sequential(nn.Linear(5, 7), nn.LayerNorm(7), nn.Linear(7, 3)) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    start = models[0][0].weight.detach().clone()
+    fast = build_optimizer(models[0], cfg)
+    assert fast.defaults["foreach"] is True and not fast.defaults["fused"]
+    cls = torch.optim.Adam if mode == "l2" else torch.optim.AdamW
+    slow = cls(
+        param_groups(models[1], fast.param_groups[0]["weight_decay"]),
+        lr=cfg.lr,
+        betas=cfg.betas,
+        eps=cfg.eps,
+        foreach=False,
+    )
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        grads = [torch.randn(p.shape, generator=gen) for p in models[0].parameters()]
+        for model, opt in zip(models, (fast, slow), strict=True):
+            for p, g in zip(model.parameters(), grads, strict=True):
+                p.grad = g.clone()
+            opt.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert (models[0][0].weight - start).abs().min() > 0  # every weight moved
+
+
 def test_no_trainable_parameters_is_an_error():
     model = nn.Linear(2, 2)
     model.requires_grad_(False)
