@@ -16,7 +16,7 @@ every shared piece from here:
   stage's own) after logging :func:`estimate_seconds`, and runs :func:`tubevit.train.loop.train` with the
   section's settings (:func:`train_section`). :func:`open_live`: ``Live(dir, dvcyaml=None,
   save_dvc_exp=False, resume=...)``: dvclive's defaults rewrite the root ``dvc.yaml``, create a git
-  experiment outside ``dvc exp run`` and delete earlier logs (DESIGN "Training").
+  experiment outside ``dvc exp run`` and delete earlier logs (docs/design.md "Training").
 - Launch: :func:`training_flow` (the Prefect flow of a training stage: one task that trains in-process, or
   ONE ``torchrun --standalone --nproc_per_node N -m pipelines.<stage> ... --no-flow`` subprocess when
   ``nproc > 1``; the ranks run the plain ``run()`` and never call Prefect) and :func:`launch` (a stage's
@@ -191,7 +191,7 @@ def data_fingerprint(metas: Sequence[DatasetMeta]) -> dict[str, str]:
 def set_aside_mismatched_checkpoint(directory: str | Path, config_hash: str) -> Path | None:
     """Move a checkpoint written under other params out of the way, so that training starts over.
 
-    The loop refuses to resume a checkpoint whose config hash differs (DESIGN "DVC outs"). Checkpoints
+    The loop refuses to resume a checkpoint whose config hash differs (docs/design.md "DVC outs"). Checkpoints
     are ``persist: true``, so after ``dvc exp run -S pretrain.optim.lr=...`` the old run's checkpoint is
     still there: it is renamed to ``checkpoint.stale.pt`` (replacing an older one) with a warning, never
     resumed and never silently deleted. Returns the new path, or ``None`` when nothing was moved.

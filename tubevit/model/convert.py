@@ -18,7 +18,7 @@ loaded as above) takes the tubes of a smaller trained TubeViT.
   ``D_large / (S r) = D_small / S`` channels per part: exactly the small tube's weight, copied.
 - Other ratios (base->large 4/3, large->huge 5/4, base->huge 5/3; the paper is silent): the small tubes are
   copied unchanged and followed by a learned linear map ``D_small -> D_large`` initialised to ``[I; 0]``
-  (``tube_proj``; our choice, DESIGN.md).
+  (``tube_proj``; our choice, docs/design.md).
 Then the tokenizer and blocks ``[0, freeze_before)`` are frozen (``requires_grad=False``) and the gated
 skip ``z_s = MLP(LN(y_s)) + y_s + tanh(alpha) * z_0`` (``alpha`` = 0 at init) feeds blocks ``[s, depth)``,
 where ``y_s`` is the output of block ``s - 1`` and ``z_0`` the encoder input.

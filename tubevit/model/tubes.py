@@ -386,7 +386,7 @@ _PAPER = (
 # 4x32x32 with strides unchanged. Mapping (paper kernel -> enlarged): 8x8x8 -> 16x16x16 (x2 on every axis),
 # 16x4x4 -> 32x8x8 (x2), 4x12x12 -> 4x32x32 (spatial x8/3), 1x16x16 -> 1x16x16 (unchanged). It is the only
 # assignment that keeps every kernel's aspect or one axis and scales the two S2D tubes by integers; with
-# plain VALID arithmetic it gives the 317 / 2199 tokens (32 / 128 frames) quoted in DESIGN.md, which our
+# plain VALID arithmetic it gives the 317 / 2199 tokens (32 / 128 frames) quoted in docs/design.md, which our
 # padding brings back to 539 / 2499.
 _CHARADES_KERNELS = ((16, 16, 16), (32, 8, 8), (4, 32, 32), (1, 16, 16))
 
@@ -417,7 +417,7 @@ _EMBEDDED32 = (
     TubeSpec((8, 8, 8), (8, 8, 8), (0, 0, 0)),
 )
 # Charades fine-tuning: the 3D kernel enlarged x2 on every axis (8x8x8 -> 16x16x16, as the paper's
-# 8x8x8 -> 16x16x16), the image tube unchanged; strides, tokens and parameters unchanged (DESIGN.md
+# 8x8x8 -> 16x16x16), the image tube unchanged; strides, tokens and parameters unchanged (docs/design.md
 # "Interpolated kernels").
 _EMBEDDED32_KERNELS = ((1, 8, 8), (16, 16, 16))
 

@@ -42,7 +42,7 @@ class Variant:
 
 
 VARIANTS: dict[str, Variant] = {
-    "nano": Variant(64, 4, 4),  # embedded default on a 2-core CPU (DESIGN.md prototype)
+    "nano": Variant(64, 4, 4),  # embedded default on a 2-core CPU (docs/design.md prototype)
     "tiny": Variant(192, 12, 3),  # DeiT-Ti
     "small": Variant(384, 12, 6),  # DeiT-S
     "base": Variant(768, 12, 12),  # supplement Table 2: ViT-B, MLP 3072

@@ -5,7 +5,7 @@ Launch with ``torchrun --nproc_per_node N -m <module> ...``: torchrun sets ``RAN
 ``init_method="env://"`` (gloo on the CPU, nccl on CUDA). Without those variables (or with
 ``WORLD_SIZE=1``) everything degrades to a single process and no group is created.
 
-DDP uses ``find_unused_parameters=True`` (DESIGN "Beyond one machine"): an image step leaves the 3D tubes
+DDP uses ``find_unused_parameters=True`` (docs/design.md "Beyond one machine"): an image step leaves the 3D tubes
 and the video heads without gradients, and DDP fails at the second step otherwise.
 """
 

@@ -3,7 +3,7 @@
 - :func:`param_groups`: decay on weight matrices and kernels only; no decay on norms, biases, the MAP head's
   ``probe``, names listed by the model's ``no_weight_decay()``, or anything 1-D. Frozen parameters
   (``requires_grad=False``, e.g. image-to-video scaling) are left out of the optimiser.
-- :func:`build_optimizer`: the three ``wd_mode`` variants of DESIGN "Training"; fused on CUDA.
+- :func:`build_optimizer`: the three ``wd_mode`` variants of docs/design.md "Training"; fused on CUDA.
 - :func:`build_schedule`: ``LambdaLR`` with :func:`lr_factor` (linear warmup, then cosine decay to 0).
 """
 
