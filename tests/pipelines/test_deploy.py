@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -262,6 +263,7 @@ def test_stage_flow_run_is_named_logs_each_failure_and_publishes_its_result(tmp_
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_LOGGING_")}
     env |= {"PREFECT_API_URL": prefect_api, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "pipelines.reencode", "kinetics", "--raw", str(raw), "--out", str(videos)]
+    started = datetime.now(UTC)  # the session's server also holds other tests' reencode runs
     result = subprocess.run(
         [*cmd, "--params", str(MICRO)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
     )
@@ -274,7 +276,11 @@ def test_stage_flow_run_is_named_logs_each_failure_and_publishes_its_result(tmp_
 
     with temporary_settings(updates={PREFECT_API_URL: prefect_api}), get_client(sync_client=True) as client:
         runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["reencode"])))
-        runs = [r for r in runs if r.name.startswith("reencode-kinetics-")]
+        runs = [
+            r
+            for r in runs
+            if r.name.startswith("reencode-kinetics-") and r.start_time and r.start_time >= started
+        ]
         assert len(runs) == 1, [r.name for r in runs]
         (run,) = runs
         assert re.fullmatch(r"reencode-kinetics-\d{8}-\d{6}", run.name) and run.state.is_completed()
