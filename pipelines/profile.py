@@ -102,6 +102,15 @@ class RecipeConfig:
     precision: Literal["auto", "bf16", "fp16", "fp32"] | None = None  # auto: bf16 on CUDA, fp32 on the CPU
     grad_checkpointing: bool | None = None  # recompute the encoder blocks in backward (L/H at 64 frames)
     augment_on: Literal["auto", "cpu", "device"] | None = None  # where crop/RandAugment run, every loader
+    # Image-to-video scaling (paper §3.6, Eq. 8), pretraining recipes only; None: train the model in full.
+    # The paths are files or bundles under weights/ that the user provides (weights/README.md).
+    scale_from_layer: int | None = (
+        None  # s: the gated skip tanh(alpha) * z_0 into layer s; blocks before s frozen
+    )
+    init_from: str | None = None  # the large image-pretrained ViT (timm or torchvision layout)
+    tubes_from: str | None = None  # the smaller trained TubeViT whose tubes are taken
+    width_map: Literal["auto", "s2d", "linear"] = "auto"  # auto: S2D for integer width ratios, else linear
+    gated: bool = True
 
     def __post_init__(self) -> None:
         for name in ("weight_decay", "lr", "mixup", "label_smoothing", "dropout", "clip_grad"):
@@ -122,6 +131,12 @@ class RecipeConfig:
         check(0 < self.crop_ratio[0] <= self.crop_ratio[1], "crop_ratio", f"bad range {self.crop_ratio}")
         check(self.temporal_views >= 1, "temporal_views", f"must be >= 1, got {self.temporal_views}")
         check(self.spatial_views in (1, 3), "spatial_views", f"must be 1 or 3, got {self.spatial_views}")
+        if self.scale_from_layer is not None:
+            check(
+                self.scale_from_layer >= 1, "scale_from_layer", f"must be >= 1, got {self.scale_from_layer}"
+            )
+            for name in ("init_from", "tubes_from"):
+                check(getattr(self, name) is not None, name, "image-to-video scaling needs it")
 
 
 # profile -> dataset -> variant -> recipe
@@ -266,6 +281,18 @@ def profile_updates(
             loaders = {name: params.datasets[name].is_image for name in pretrain_datasets}
             updates |= _stage_updates("pretrain", recipe, loaders, nproc, micro_batch)
             updates["model.variant"] = variant
+            # how pretraining starts: §3.6 image-to-video scaling, or (None) the whole model from scratch;
+            # only the keys whose active value differs are written
+            start = {
+                "init_from": recipe.init_from,
+                "tubes_from": recipe.tubes_from,
+                "scale_from_layer": recipe.scale_from_layer or 0,
+                "width_map": recipe.width_map,
+                "gated": recipe.gated,
+            }
+            for key, value in start.items():
+                if getattr(params.pretrain, key) != value:
+                    updates[f"pretrain.{key}"] = value
             updates["model.tubes"] = recipe.tubes
             updates["model.head_dropout"] = recipe.dropout
             updates["evaluate.temporal_views"] = recipe.temporal_views

@@ -466,3 +466,33 @@ def test_recipes_can_set_how_training_runs(tmp_path, params):
     with pytest.raises(ConfigError) as info:
         load_recipes(_write_recipes(tmp_path, lambda d: d["paper"]["ssv2"]["base"].update(precision="bf17")))
     assert info.value.key == "paper.ssv2.base.precision" and "'bf16'" in info.value.reason
+
+
+def test_paper_huge_pretrains_by_image_to_video_scaling_and_base_from_scratch(tmp_path):
+    """§3.6: the paper's H starts from an image ViT-H with a trained TubeViT-B's tubes, frozen before s = 26 of
+    32 with the gated skip; B and L train in full. Switching back clears the scaling keys."""
+    path = _copy_params(tmp_path)
+    apply_profile(path, "paper", "huge", allow_synthetic=True)
+    pcfg = load_params(path).pretrain
+    assert (pcfg.scale_from_layer, pcfg.init_from, pcfg.tubes_from) == (
+        26,
+        "weights/vit-huge-16-image.pt",
+        "weights/tubevit-base",
+    )
+    assert (pcfg.width_map, pcfg.gated, pcfg.freeze_before) == (
+        "linear",
+        True,
+        None,
+    )  # freeze_before None: = s
+    changes = dict((k, new) for k, _old, new in apply_profile(path, "paper", "base", allow_synthetic=True))
+    assert changes["pretrain.scale_from_layer"] == 0 and changes["pretrain.init_from"] is None
+    pcfg = load_params(path).pretrain
+    assert (pcfg.scale_from_layer, pcfg.init_from, pcfg.tubes_from, pcfg.width_map) == (0, None, None, "auto")
+
+
+def test_a_scaling_recipe_without_its_weights_is_refused():
+    recipe = load_recipes()["paper"]["kinetics"]["huge"]
+    with pytest.raises(ConfigError, match=r"tubes_from.*image-to-video scaling needs it"):
+        dataclasses.replace(recipe, tubes_from=None)
+    with pytest.raises(ConfigError, match=r"scale_from_layer.*must be >= 1"):
+        dataclasses.replace(recipe, scale_from_layer=0)
