@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from tubevit.config.base import ConfigError, check
+from tubevit.model.specs import TubeSpec, TubeSpecError, parse_tubes  # torch-free: validation in every stage
+from tubevit.model.variants import VARIANTS
 
-if TYPE_CHECKING:  # the model modules import torch: loaded when a config is validated or a model built
-    from tubevit.model.tubes import TubeSpec
+if TYPE_CHECKING:  # the model itself imports torch: loaded only when a model is built
     from tubevit.model.tubevit import TubeViT
 
 __all__ = ["OPTIONAL_SPEC_KEYS", "ModelConfig", "build_model", "drop_null_keys"]
@@ -52,7 +53,7 @@ class ModelConfig:
     """TubeViT size, tubes and regularisation. Rates are probabilities in [0, 1)."""
 
     variant: VariantName = "nano"
-    tubes: str | list[dict[str, Any]] = "embedded"  # set name (tubevit.model.tubes.get_tube_set) or specs
+    tubes: str | list[dict[str, Any]] = "embedded"  # set name (tubevit.model.specs.get_tube_set) or specs
     drop_path_rate: float = 0.0  # stochastic depth at the last block (linear from 0)
     drop_rate: float = 0.0  # dropout after the position embedding and in attention / MLP projections
     attn_drop_rate: float = 0.0  # attention-probability dropout
@@ -60,8 +61,6 @@ class ModelConfig:
     head_mlp: bool = False  # MLP in the MAP head (big_vision); off as in our default
 
     def __post_init__(self) -> None:
-        from tubevit.model.tubes import TubeSpecError, parse_tubes
-
         for name in ("drop_path_rate", "drop_rate", "attn_drop_rate", "head_dropout"):
             value = getattr(self, name)
             check(0.0 <= value < 1.0, name, f"must be in [0, 1), got {value}")
@@ -70,8 +69,6 @@ class ModelConfig:
             specs = parse_tubes(self.tubes)
         except TubeSpecError as exc:
             raise ConfigError(exc.key, exc.reason) from None
-        from tubevit.model.tubevit import VARIANTS
-
         width = VARIANTS[self.variant].embed_dim
         for i, spec in enumerate(specs):
             check(
@@ -83,8 +80,6 @@ class ModelConfig:
     @property
     def specs(self) -> tuple[TubeSpec, ...]:
         """The tube specs of ``tubes`` (a set's specs, or the parsed list)."""
-        from tubevit.model.tubes import parse_tubes
-
         return parse_tubes(self.tubes)
 
 
@@ -94,7 +89,7 @@ def build_model(cfg: ModelConfig, heads: Mapping[str, int], **overrides: Any) ->
     ``overrides`` replace ``cfg`` fields for this build (e.g. ``head_dropout=0.2`` for Charades
     fine-tuning, ``tubes="charades_interpolated"``); they are validated like params.
     """
-    from tubevit.model.tubevit import create_model
+    from tubevit.model.tubevit import create_model  # torch: only when a model is built
 
     if overrides:
         cfg = dataclasses.replace(cfg, **overrides)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,6 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 from tubevit.model.posemb import position_embedding
 from tubevit.model.tubes import SparseTubeTokenizer, TubeSpec, parse_tubes
+from tubevit.model.variants import VARIANTS, Variant  # re-exported: the torch-free size table
 from tubevit.model.vit import Block, GatedSkip, MAPHead
 
 __all__ = [
@@ -29,26 +29,6 @@ __all__ = [
     "create_model",
     "parameter_counts",
 ]
-
-
-@dataclass(frozen=True)
-class Variant:
-    """Encoder size: width ``embed_dim`` (D), ``depth`` blocks, ``num_heads``, MLP width ``mlp_ratio * D``."""
-
-    embed_dim: int
-    depth: int
-    num_heads: int
-    mlp_ratio: float = 4.0
-
-
-VARIANTS: dict[str, Variant] = {
-    "nano": Variant(64, 4, 4),  # embedded default on a 2-core CPU (docs/design.md prototype)
-    "tiny": Variant(192, 12, 3),  # DeiT-Ti
-    "small": Variant(384, 12, 6),  # DeiT-S
-    "base": Variant(768, 12, 12),  # supplement Table 2: ViT-B, MLP 3072
-    "large": Variant(1024, 24, 16),  # ViT-L, MLP 4096
-    "huge": Variant(1280, 32, 16),  # ViT-H, MLP 5120
-}
 
 
 class TubeViT(nn.Module):
