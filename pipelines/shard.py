@@ -418,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     add_no_flow_flag(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from pipelines.params import load_params_or_exit  # lazy: the config of every stage (model: torch)
+    from pipelines.params import load_params_or_exit  # validates every section (torch-free)
 
     params = load_params_or_exit(args.params, dataset=args.dataset)
     dcfg, scfg = params.dataset(args.dataset), params.shard

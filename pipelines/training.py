@@ -396,16 +396,17 @@ def write_timing(path: str | Path | None, stage: str, record: Mapping[str, Any])
 
 def configure_threads(device: torch.device, loader_workers: int, ranks_per_node: int = 1) -> int:
     """On the CPU, give the training process the cores its loader workers leave free:
-    ``max(1, cpu_count // ranks_per_node - max(loader_workers, 1))`` torch threads; returns the count
-    (unchanged on CUDA). With ``workers: 0`` the training process decodes and crops itself, so one core is
-    still left to that work. On a shared 2-core machine OpenMP's spinning threads were measured 3-30x
-    slower than one thread when a core is busy (benchmarks/train.py), and the per-clip crop and
-    normalisation 28x and 75x slower (7.8 ms and 3.0 ms per 16x32^2 clip at 2 threads, 0.27 and 0.04 ms
-    at 1, under load), so the embedded default runs one compute thread. The count is a pure function of
-    the machine and params, so runs on one machine stay bitwise reproducible."""
+    ``max(1, cpu_count // ranks_per_node - loader_workers)`` torch threads; returns the count (unchanged on
+    CUDA). With ``workers: 0`` (the embedded default) the process decodes once per video into its cache and
+    then spends its steps in the model's matmuls, so it takes every core: on an idle 2-core machine the
+    embedded ``pretrain`` step measured 34 ms at 2 threads against 43 ms at 1 (benchmarks/stage_speed.py).
+    OpenMP's spinning waits made 2 threads 3-30x slower than 1 when another process kept a core busy, so
+    the stages run with ``OMP_WAIT_POLICY=PASSIVE`` (set in :mod:`pipelines` before torch loads OpenMP;
+    an explicit value in the environment wins): a waiting thread sleeps and gives its core away. The count
+    is a pure function of the machine and params, so runs on one machine stay bitwise reproducible."""
     if device.type != "cpu":
         return torch.get_num_threads()
-    threads = max(1, (os.cpu_count() or 1) // max(1, ranks_per_node) - max(loader_workers, 1))
+    threads = max(1, (os.cpu_count() or 1) // max(1, ranks_per_node) - max(loader_workers, 0))
     torch.set_num_threads(threads)
     log.info("cpu: %d torch threads (%d loader workers per rank)", threads, loader_workers)
     return threads

@@ -494,3 +494,33 @@ def test_start_weights_must_lie_in_the_declared_weights_folder(base, shards, tmp
         training.check_start_weights(scaled.pretrain, tmp_path / "weights")
     training.check_start_weights(_with(micro_params(), init_from=str(inside)).pretrain, tmp_path / "weights")
     training.check_start_weights(params.pretrain, None)
+
+
+@pytest.mark.parametrize(
+    ("cpus", "workers", "ranks", "threads"),
+    [(2, 0, 1, 2), (2, 1, 1, 1), (2, 2, 1, 1), (2, 0, 2, 1), (16, 3, 2, 5), (1, 0, 1, 1)],
+)
+def test_configure_threads_gives_the_cores_the_loader_leaves(monkeypatch, cpus, workers, ranks, threads):
+    monkeypatch.setattr(training.os, "cpu_count", lambda: cpus)
+    before = torch.get_num_threads()
+    try:
+        assert training.configure_threads(torch.device("cpu"), workers, ranks) == threads
+        assert torch.get_num_threads() == threads
+        assert training.configure_threads(torch.device("cuda"), workers, ranks) == threads  # left alone
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(("env", "policy"), [({}, "PASSIVE"), ({"OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE")])
+def test_stages_set_the_openmp_wait_policy_before_torch(env, policy):
+    import os
+    import subprocess
+
+    code = (
+        "import sys, os, pipelines; assert 'torch' not in sys.modules; print(os.environ['OMP_WAIT_POLICY'])"
+    )
+    base = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == policy
