@@ -396,17 +396,30 @@ def write_timing(path: str | Path | None, stage: str, record: Mapping[str, Any])
 
 def configure_threads(device: torch.device, loader_workers: int, ranks_per_node: int = 1) -> int:
     """On the CPU, give the training process the cores its loader workers leave free:
-    ``max(1, cpu_count // ranks_per_node - loader_workers)`` torch threads; returns the count (unchanged on
-    CUDA). With ``workers: 0`` (the embedded default) the process decodes once per video into its cache and
-    then spends its steps in the model's matmuls, so it takes every core: on an idle 2-core machine the
-    embedded ``pretrain`` step measured 34 ms at 2 threads against 43 ms at 1 (benchmarks/stage_speed.py).
-    OpenMP's spinning waits made 2 threads 3-30x slower than 1 when another process kept a core busy, so
-    the stages run with ``OMP_WAIT_POLICY=PASSIVE`` (set in :mod:`pipelines` before torch loads OpenMP;
-    an explicit value in the environment wins): a waiting thread sleeps and gives its core away. The count
-    is a pure function of the machine and params, so runs on one machine stay bitwise reproducible."""
+    ``max(1, cpu_count // ranks_per_node - loader_workers)`` torch threads, or ``OMP_NUM_THREADS`` when the
+    environment sets it; returns the count (unchanged on CUDA).
+
+    With ``workers: 0`` (the embedded default) the process decodes each video once into its cache and then
+    spends its steps in the model's matmuls, so it takes every core: on an idle 2-core machine the embedded
+    ``pretrain`` step measured 34-37 ms at 2 threads against 43-47 ms at 1 (benchmarks/stage_speed.py).
+    OpenMP's threads wait for each other at every parallel operation, so when another process keeps a
+    core busy, 2 threads ran 3-6x slower than 1 (0.24 against 0.045 s/step; ``OMP_WAIT_POLICY=PASSIVE``
+    avoided that but cost the gain on an idle machine): on a busy machine run with ``OMP_NUM_THREADS=1``.
+    The count is a pure function of the machine, params and environment, so runs stay bitwise
+    reproducible (the thread count changes float reductions, hence the last bits of the metrics).
+
+    Raises:
+        ValueError: ``OMP_NUM_THREADS`` is set but not a positive integer (named with its value).
+    """
     if device.type != "cpu":
         return torch.get_num_threads()
-    threads = max(1, (os.cpu_count() or 1) // max(1, ranks_per_node) - max(loader_workers, 0))
+    explicit = os.environ.get("OMP_NUM_THREADS")
+    if explicit is not None:
+        if not explicit.strip().isdigit() or int(explicit) < 1:
+            raise ValueError(f"OMP_NUM_THREADS: must be a positive integer, got {explicit!r}")
+        threads = int(explicit)
+    else:
+        threads = max(1, (os.cpu_count() or 1) // max(1, ranks_per_node) - max(loader_workers, 0))
     torch.set_num_threads(threads)
     log.info("cpu: %d torch threads (%d loader workers per rank)", threads, loader_workers)
     return threads

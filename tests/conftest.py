@@ -10,10 +10,6 @@ import pytest
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-# As in the stages (pipelines/__init__.py): OpenMP threads sleep at barriers, here before torch is imported,
-# so the training stages that tests run in this process (2 torch threads on 2 cores) do not spin against
-# the subprocesses that other tests start.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @pytest.fixture(scope="session")

@@ -46,6 +46,9 @@ def _env() -> dict[str, str]:
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env.update(IDENTITY)
     env["PREFECT_LOGGING_EXTRA_LOGGERS"] = "tubevit"
+    # two pipelines run at once on the machine's cores: one torch thread each (pipelines.training.
+    # configure_threads would give each every core, and OpenMP threads stall when they share one)
+    env["OMP_NUM_THREADS"] = "1"
     return env
 
 

@@ -502,6 +502,7 @@ def test_start_weights_must_lie_in_the_declared_weights_folder(base, shards, tmp
 )
 def test_configure_threads_gives_the_cores_the_loader_leaves(monkeypatch, cpus, workers, ranks, threads):
     monkeypatch.setattr(training.os, "cpu_count", lambda: cpus)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     before = torch.get_num_threads()
     try:
         assert training.configure_threads(torch.device("cpu"), workers, ranks) == threads
@@ -511,16 +512,18 @@ def test_configure_threads_gives_the_cores_the_loader_leaves(monkeypatch, cpus, 
         torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize(("env", "policy"), [({}, "PASSIVE"), ({"OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE")])
-def test_stages_set_the_openmp_wait_policy_before_torch(env, policy):
-    import os
-    import subprocess
-
-    code = (
-        "import sys, os, pipelines; assert 'torch' not in sys.modules; print(os.environ['OMP_WAIT_POLICY'])"
-    )
-    base = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    out = subprocess.run(
-        [sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True, check=True
-    )
-    assert out.stdout.strip() == policy
+def test_configure_threads_follows_an_explicit_omp_num_threads(monkeypatch):
+    monkeypatch.setattr(training.os, "cpu_count", lambda: 2)
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        assert training.configure_threads(torch.device("cpu"), 0) == 1
+        assert torch.get_num_threads() == 1
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")
+        assert training.configure_threads(torch.device("cpu"), 0) == 3
+        for bad in ("0", "two", "-1", ""):
+            monkeypatch.setenv("OMP_NUM_THREADS", bad)
+            with pytest.raises(ValueError, match=f"OMP_NUM_THREADS: must be a positive integer, got {bad!r}"):
+                training.configure_threads(torch.device("cpu"), 0)
+    finally:
+        torch.set_num_threads(before)
