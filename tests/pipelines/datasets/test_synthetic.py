@@ -534,7 +534,7 @@ def test_imagenet_like(generated: Path):
 
 
 def test_generation_is_deterministic_and_seeded(generated: Path, tmp_path: Path):
-    for fmt in ("kinetics", "ssv2"):
+    for fmt in ("kinetics", "charades", "ssv2"):
         files = syn.generate(fmt, tmp_path / fmt, TINY, workers=1)
         assert files == sorted(
             p.relative_to(generated / fmt).as_posix() for p in (generated / fmt).rglob("*") if p.is_file()
@@ -553,3 +553,15 @@ def test_generate_rejects_bad_arguments(tmp_path: Path):
         syn.generate("kinetics700", tmp_path, TINY)
     with pytest.raises(ValueError, match=r"synthetic.size: video frames need an even side"):
         syn.generate("kinetics", tmp_path, dataclasses.replace(TINY, size=33))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_generate_stops_at_an_encoding_failure_and_writes_no_annotation(tmp_path: Path, monkeypatch, workers):
+    monkeypatch.setattr(syn, "VP9_OPTIONS", {"deadline": "no-such-deadline"})
+    with pytest.raises(
+        RuntimeError, match=r"20bn-something-something-v2/\d+\.webm: libvpx-vp9 encoding failed"
+    ):
+        syn.generate("ssv2", tmp_path, TINY, workers=workers)
+    assert not list(tmp_path.rglob("*.json"))  # annotations come last: none names a missing file
+    assert not list(tmp_path.rglob("*.webm"))  # every job failed; no temporary file left either
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
