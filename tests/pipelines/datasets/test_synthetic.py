@@ -271,8 +271,11 @@ def oracle_render(sprites, background, n_frames, fps, out=None):
 ALL_MOTIONS = ("left", "right", "up", "down", "diagonal", "grow", "shrink", "orbit")
 
 
-def test_vectorised_render_equals_per_frame_oracle():
-    """Every motion, frame sides 16-66, sprites with visibility windows and the largest sides: equal pixels."""
+@pytest.mark.parametrize("chunk", [syn._PAINT_CHUNK, 7])
+def test_vectorised_render_equals_per_frame_oracle(monkeypatch, chunk: int):
+    """Every motion, frame sides 16-66, sprites with visibility windows and the largest sides, painted in one
+    chunk of frames or in chunks of 7: equal pixels."""
+    monkeypatch.setattr(syn, "_PAINT_CHUNK", chunk)
     for seed in range(40):
         rng = np.random.default_rng([5, seed])
         size = (16, 32, 64, 66)[seed % 4]
