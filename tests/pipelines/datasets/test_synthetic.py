@@ -11,6 +11,8 @@ import dataclasses
 import json
 import math
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import av
@@ -396,6 +398,15 @@ def test_encode_video_equal_frames_equal_bytes(tmp_path: Path, suffix: str):
         syn.encode_video(clip, tmp_path / f"{k}{suffix}", 15.0)
         digests.add(sha256_file(tmp_path / f"{k}{suffix}"))
     assert len(digests) == 1, digests
+    # a fresh process (another run) writes the same bytes
+    script = (
+        "import sys, numpy as np; from pathlib import Path; from pipelines.datasets import synthetic as syn; "
+        "clip = syn.kinetics_clip(np.random.default_rng(0), 'red', 'grow', 64, 60, 15.0, 2.0); "
+        "syn.encode_video(clip, Path(sys.argv[1]), 15.0)"
+    )
+    fresh = tmp_path / f"fresh{suffix}"
+    subprocess.run([sys.executable, "-c", script, str(fresh)], check=True, cwd=Path(__file__).parents[3])
+    assert sha256_file(fresh) in digests
     syn.encode_video(clip[::-1].copy(), tmp_path / f"reversed{suffix}", 15.0)
     assert sha256_file(tmp_path / f"reversed{suffix}") not in digests
 
