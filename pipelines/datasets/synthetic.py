@@ -191,7 +191,9 @@ class Sprite:
             return
         a, b = visible[0], visible[-1] + 1
         if len(visible) != b - a:
-            raise ValueError(f"Sprite.paint: times must increase, got {times}")
+            raise ValueError(
+                f"Sprite.paint: times must increase; the sprite shows in frames {visible[:8]}..."
+            )
         H, W = frames.shape[1:3]
         for c0 in range(a, b, _PAINT_CHUNK):  # bounded temporaries at any clip length
             c1 = min(c0 + _PAINT_CHUNK, b)

@@ -579,3 +579,15 @@ def test_generate_stops_at_an_encoding_failure_and_writes_no_annotation(tmp_path
     assert not list(tmp_path.rglob("*.json"))  # annotations come last: none names a missing file
     assert not list(tmp_path.rglob("*.webm"))  # every job failed; no temporary file left either
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+
+def test_paint_rejects_unordered_times_and_oversized_sprites():
+    sprite = syn.Sprite.random(np.random.default_rng(0), 32, "left")
+    sprite.start, sprite.end = 0.0, 0.5
+    frames = np.zeros((4, 32, 32, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"times must increase; the sprite shows in frames \[0, 2, 3\]"):
+        sprite.paint(frames, [0.0, 1.0, 0.2, 0.3])
+    sprite.side = 40.0
+    with pytest.raises(ValueError, match="a 40 px sprite does not fit a 32x32 frame"):
+        sprite.paint(frames, [0.0, 0.1, 0.2, 0.3])
+    assert not frames.any()  # nothing painted by either
