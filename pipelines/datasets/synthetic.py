@@ -2,8 +2,8 @@
 
 ``generate(format, root, cfg)`` writes ``raw/<ds>/`` exactly as the real dataset's download looks (annotation
 files + media), so the same adapter and every later stage serve both. Everything is a pure function of
-``cfg.seed`` (numpy ``SeedSequence([seed, dataset, split, item])``; ffmpeg with ``-threads 1 -fflags +bitexact``),
-so two runs on one machine image give identical bytes. Train and val come from different seeds and have
+``cfg.seed`` (numpy ``SeedSequence([seed, dataset, split, item])``; videos encoded in-process by PyAV with one
+encoder thread and bit-exact muxing), so two runs on one machine image give identical bytes, whatever ``workers``. Train and val come from different seeds and have
 disjoint ids.
 
 Classes need time (docs/design.md, "Synthetic data must need time"): within each class pair, any single frame at
@@ -19,13 +19,13 @@ any time index has the same distribution in both classes, the first frame includ
   stationary in distribution, so all ten classes have the same single-frame distribution (static = chance).
 - Shots (``cfg.shot_seconds > 0``, Kinetics- and SSv2-like): a long video is a sequence of shots, each
   with a new background and a new random object of the same class (a cut, as in real videos), so one file
-  (one ffmpeg launch) holds several independent examples. Every frame keeps the one-shot distribution.
+  (one encode) holds several independent examples. Every frame keeps the one-shot distribution.
 - ImageNet-like: still images of the same objects, 6 classes = colour family x size (small, large).
 - Charades-like: videos of ``cfg.seconds`` with 1-3 actions each; an action is one Kinetics-like (colour,
   motion) object visible from its start to its end time. Multi-label, 12 classes.
 
-Source media: mp4 (libx264, yuv420p) at ``cfg.fps`` for Kinetics and Charades, VP9 webm (libvpx-vp9,
-``-deadline realtime -cpu-used 8``) for SSv2, JPEG (PIL, q=90) for ImageNet. Kinetics files are full length
+Source media: mp4 (libx264 veryfast crf 18, yuv420p) at ``cfg.fps`` for Kinetics and Charades, VP9 webm
+(libvpx-vp9, ``deadline realtime``, ``cpu-used 8``, crf 32) for SSv2, JPEG (PIL, q=90) for ImageNet. Kinetics files are full length
 (``{youtube_id}.mp4``, ``trimmed: false``): each holds ``cfg.seconds + 1`` s and the CSV's
 ``[time_start, time_end]`` window (``cfg.seconds`` long) starts at 0 or 1 s.
 """
@@ -41,9 +41,10 @@ import math
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
-import ffmpeg
+import av
 import numpy as np
 from PIL import Image
 
@@ -94,18 +95,16 @@ SIDE_RANGE = (0.2, 0.5)  # object side as a fraction of the frame side
 SPEED_RANGE = (0.3, 0.6)  # translation speed, frame sides per second
 PERIOD_RANGE = (1.2, 2.0)  # sawtooth / orbit period in seconds
 SHAPE_GRID = 5  # the random shape is a SHAPE_GRID^2 binary pattern, upscaled
+_PAINT_CHUNK = 256  # frames painted at once (bounds Sprite.paint's (t, H, W) temporaries)
 DATASET_CODE = {"kinetics": 1, "charades": 2, "ssv2": 3, "imagenet": 4}
 SPLIT_CODE = {"train": 0, "val": 1}
 YOUTUBE_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-X264_ARGS = {"vcodec": "libx264", "pix_fmt": "yuv420p", "preset": "veryfast", "crf": 18}
-VP9_ARGS = {
-    "vcodec": "libvpx-vp9",
-    "pix_fmt": "yuv420p",
-    "deadline": "realtime",
-    "cpu-used": 8,
-    "crf": 32,
-    "b:v": 0,
-}
+# encoder options (ffmpeg's), on yuv420p with one thread, crf mode (bit rate 0) and a keyframe every second.
+# mbtree=0: x264's macroblock-tree rate control (on in every preset) made the output depend on the process's
+# heap layout when encoding in-process (13 different files from 30 encodes of one clip); without it, equal
+# frames give equal bytes. It only redistributes bits between frames; crf 18 keeps the frames near-lossless.
+X264_OPTIONS = {"preset": "veryfast", "crf": "18", "x264-params": "mbtree=0"}
+VP9_OPTIONS = {"deadline": "realtime", "cpu-used": "8", "crf": "32"}
 
 
 # ----------------------------------------------------------------------------------------------- rendering
@@ -177,30 +176,69 @@ class Sprite:
 
     def draw(self, canvas: np.ndarray, t: float) -> None:
         """Paint the sprite into ``canvas`` (H, W, 3) uint8 at time ``t`` seconds, wrapping at the edges."""
-        if not (self.start <= t < self.end):
+        self.paint(canvas[None], [t])
+
+    def paint(self, frames: np.ndarray, times: list[float]) -> None:
+        """Paint the sprite into every frame of ``frames`` (T, H, W, 3) uint8; frame ``i`` is at ``times[i]`` s.
+
+        Vectorised over frames; the pixels are those of the per-frame nearest-neighbour upscale of ``shape``
+        to an ``n x n`` patch, ``n = max(2, round(side))``, with its top-left corner at
+        ``floor(centre - n / 2)``, wrapping at the edges (``n`` never exceeds the frame side). Only frames with
+        ``start <= t < end`` are painted; they are consecutive since ``times`` increases.
+        """
+        visible = [i for i, t in enumerate(times) if self.start <= t < self.end]
+        if not visible:
             return
-        cx, cy, side = self.state(t)
-        n = max(2, round(side))
-        idx = np.arange(n) * SHAPE_GRID // n  # nearest-neighbour upscale of the shape
-        mask = self.shape[np.ix_(idx, idx)]
-        x0, y0 = math.floor(cx - n / 2), math.floor(cy - n / 2)
-        rows = (y0 + np.arange(n)) % canvas.shape[0]
-        cols = (x0 + np.arange(n)) % canvas.shape[1]
-        patch = canvas[np.ix_(rows, cols)]
-        patch[mask] = self.rgb
-        canvas[np.ix_(rows, cols)] = patch
+        a, b = visible[0], visible[-1] + 1
+        if len(visible) != b - a:
+            raise ValueError(
+                f"Sprite.paint: times must increase; the sprite shows in frames {visible[:8]}..."
+            )
+        H, W = frames.shape[1:3]
+        for c0 in range(a, b, _PAINT_CHUNK):  # bounded temporaries at any clip length
+            c1 = min(c0 + _PAINT_CHUNK, b)
+            n, x0, y0 = [], [], []
+            for t in times[c0:c1]:  # scalar math per frame: the exact floats of the per-frame renderer
+                cx, cy, side = self.state(t)
+                k = max(2, round(side))
+                n.append(k)
+                x0.append(math.floor(cx - k / 2))
+                y0.append(math.floor(cy - k / 2))
+            n_ = np.array(n)[:, None]
+            if n_.max() > min(H, W):
+                raise ValueError(f"Sprite.paint: a {n_.max()} px sprite does not fit a {H}x{W} frame")
+            # local patch coordinate of every frame row / column: j = (pixel - corner) mod side, inside if j < n
+            rows = (np.arange(H) - np.array(y0)[:, None]) % H  # (t, H)
+            cols = (np.arange(W) - np.array(x0)[:, None]) % W  # (t, W)
+            in_rows, in_cols = rows < n_, cols < n_
+            # nearest-neighbour upscale as a product of one-hot selections: mask = R @ shape @ C^T, with
+            # R[t, y, g] = 1 if row y is inside and samples shape row g (C likewise for columns); exact in float32
+            grid = np.arange(SHAPE_GRID)
+            select_rows = (rows[..., None] * SHAPE_GRID // n_[..., None] == grid) & in_rows[..., None]
+            select_cols = (cols[..., None] * SHAPE_GRID // n_[..., None] == grid) & in_cols[..., None]
+            shape = self.shape.astype(np.float32)
+            mask = (
+                select_rows.astype(np.float32) @ shape @ select_cols.astype(np.float32).transpose(0, 2, 1)
+            ) > 0.5
+            frames[c0:c1][mask] = self.rgb
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return np.full((size, size, 3), int(rng.integers(10, 90)), dtype=np.uint8)
 
 
-def _render(sprites: list[Sprite], background: np.ndarray, n_frames: int, fps: float) -> np.ndarray:
-    frames = np.empty((n_frames, *background.shape), dtype=np.uint8)
-    for i in range(n_frames):
-        frames[i] = background
-        for sprite in sprites:
-            sprite.draw(frames[i], i / fps)
+def _render(
+    sprites: list[Sprite], background: np.ndarray, n_frames: int, fps: float, out: np.ndarray | None = None
+) -> np.ndarray:
+    """(T, H, W, 3) uint8: ``background`` (H, W, 3) with ``sprites`` painted in order; frame ``i`` at ``i / fps`` s.
+
+    Written into ``out`` (T, H, W, 3) uint8 when given (no copy), else into a new array.
+    """
+    frames = np.empty((n_frames, *background.shape), dtype=np.uint8) if out is None else out
+    frames[:] = background
+    times = [i / fps for i in range(n_frames)]
+    for sprite in sprites:
+        sprite.paint(frames, times)
     return frames
 
 
@@ -231,7 +269,7 @@ def _render_shots(
     for a, b in _shots(n_frames, fps, shot):
         background = _background(rng, size)
         sprite = Sprite.random(rng, size, motion, hue)
-        frames[a:b] = _render([sprite], background, b - a, fps)
+        _render([sprite], background, b - a, fps, out=frames[a:b])
     return frames
 
 
@@ -292,38 +330,54 @@ def charades_video(
 
 # ------------------------------------------------------------------------------------------------ encoding
 def encode_video(frames: np.ndarray, path: Path, fps: float) -> None:
-    """Encode (T, H, W, 3) uint8 RGB frames to ``path`` atomically: ``.mp4`` libx264, ``.webm`` VP9.
+    """Encode (T, H, W, 3) uint8 RGB frames at ``fps`` frames/s to ``path`` atomically, in-process (PyAV).
 
-    ffmpeg runs with ``-threads 1 -fflags +bitexact -map_metadata -1`` and a keyframe every ``round(fps)``
-    frames, so equal frames give equal bytes on one machine image. H and W must be even (yuv420p).
+    ``.mp4``: libx264 (``X264_OPTIONS``), ``+faststart``; ``.webm``: libvpx-vp9 (``VP9_OPTIONS``); both yuv420p
+    with a keyframe every ``round(fps)`` frames, one encoder thread and bit-exact muxing (``fflags +bitexact``:
+    no library version, encoder name or creation time in the file), so equal frames give equal bytes on one
+    machine image. H and W must be even (yuv420p). Written to a temporary name, then renamed.
 
     Raises:
-        RuntimeError: ffmpeg failed; the message names the file and ffmpeg's last error lines.
+        ValueError: ``frames`` is not a non-empty (T, H, W, 3) uint8 array with even H and W, or ``fps`` is not
+            positive (the message names ``path``).
+        RuntimeError: the encoder or muxer failed; the message names the file and the reason.
     """
     path = Path(path)
+    if frames.ndim != 4 or frames.shape[0] < 1 or frames.shape[3] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"{path}: frames must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
     _T, H, W, _ = frames.shape
+    if H % 2 or W % 2:
+        raise ValueError(f"{path}: yuv420p needs even frame sides, got {W}x{H}")
+    rate = _rate(fps)
+    if rate <= 0:
+        raise ValueError(f"{path}: the frame rate must be at least 1/1001000 frames/s, got {fps}")
     if path.suffix == ".webm":
-        codec, container = VP9_ARGS, "webm"
+        container, codec, options = "webm", "libvpx-vp9", VP9_OPTIONS
     else:
-        codec, container = {**X264_ARGS, "movflags": "+faststart"}, "mp4"
+        container, codec, options = "mp4", "libx264", X264_OPTIONS
+    muxer_options = {"fflags": "+bitexact"} | ({"movflags": "+faststart"} if container == "mp4" else {})
+    frames = np.ascontiguousarray(frames)
     with atomic_path(path) as tmp:
-        stream = ffmpeg.input(
-            "pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{W}x{H}", framerate=fps, threads=1
-        )
-        stream = stream.output(
-            str(tmp),
-            format=container,
-            g=max(1, round(fps)),
-            threads=1,
-            fflags="+bitexact",
-            map_metadata=-1,
-            **codec,
-        ).global_args("-nostats", "-loglevel", "error")
         try:
-            stream.run(input=np.ascontiguousarray(frames).tobytes(), capture_stdout=True, capture_stderr=True)
-        except ffmpeg.Error as exc:
-            tail = exc.stderr.decode("utf-8", "replace").strip().splitlines()[-3:]
-            raise RuntimeError(f"{path}: ffmpeg failed: {' | '.join(tail)}") from None
+            with av.open(str(tmp), "w", format=container, options=muxer_options) as output:
+                stream = output.add_stream(codec, rate=rate, options=dict(options))
+                ctx = stream.codec_context
+                ctx.width, ctx.height, ctx.pix_fmt = W, H, "yuv420p"
+                ctx.bit_rate = 0  # constant quality (crf), as ffmpeg's -b:v 0
+                ctx.gop_size = max(1, round(fps))
+                ctx.thread_count = 1
+                for i, rgb in enumerate(frames):
+                    frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+                    frame.pts = i
+                    output.mux(stream.encode(frame))
+                output.mux(stream.encode(None))  # flush the encoder
+        except (av.FFmpegError, OSError) as exc:
+            raise RuntimeError(f"{path}: {codec} encoding failed: {exc}") from None
+
+
+def _rate(fps: float) -> Fraction:
+    """``fps`` as the exact ratio ffmpeg's ``-framerate`` parses (denominator at most 1001000)."""
+    return Fraction(fps).limit_denominator(1001000)
 
 
 def _write_jpeg(image: np.ndarray, path: Path) -> None:
@@ -376,13 +430,24 @@ class _Job:
 
 
 def _run_jobs(jobs: list[_Job], workers: int) -> None:
+    """Run ``jobs`` on ``workers`` threads (1: in order, here); the first failure cancels the jobs not started.
+
+    Threads, not processes: rendering is vectorised numpy and PyAV encodes with the GIL released, so a job
+    holds the GIL for about a third of its time (py-spy ``--gil``); processes would have to re-import the
+    stage's main module (Prefect) in each worker or fork a process that has Prefect's threads running.
+    """
     if workers <= 1:
         for job in jobs:
             job.work()
         return
-    with ThreadPoolExecutor(max_workers=workers) as pool:  # ffmpeg runs in subprocesses
-        for future in [pool.submit(job.work) for job in jobs]:
-            future.result()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(job.work) for job in jobs]
+        try:
+            for future in futures:
+                future.result()
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
 
 
 def _kinetics(root: Path, cfg: SyntheticConfig) -> tuple[list[_Job], dict[str, str]]:
@@ -564,15 +629,15 @@ def generate(format: str, root: Path, cfg: SyntheticConfig, workers: int = 1) ->
     """Write a synthetic dataset of ``format`` into ``root`` in the real dataset's layout.
 
     Media are written first, annotation files last (each atomically), so a killed run leaves no annotation
-    that names a missing file. ``workers`` encodes that many files at once (ffmpeg ``-threads 1`` each); the
-    output does not depend on it.
+    that names a missing file. ``workers`` renders and encodes that many files at once (threads; one encoder
+    thread each); the output does not depend on it.
 
     Returns:
         The written files, relative to ``root`` (POSIX), sorted.
 
     Raises:
         ValueError: an unknown format, or an odd frame size for a video format (yuv420p needs even sides).
-        RuntimeError: ffmpeg failed, naming the file.
+        RuntimeError: encoding failed, naming the file.
     """
     if format not in _LAYOUTS:
         raise ValueError(f"unknown synthetic format {format!r}; known: {', '.join(_LAYOUTS)}")

@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
+import subprocess
+import sys
 from pathlib import Path
 
+import av
 import ffmpeg
 import numpy as np
 import pytest
@@ -239,6 +244,191 @@ def test_shots_are_independent_examples_of_the_class(capsys):
         SyntheticConfig(shot_seconds=-1.0)
 
 
+# ------------------------------------------------------------------- renderer: equal to the per-frame oracle
+def oracle_draw(sprite: syn.Sprite, canvas: np.ndarray, t: float) -> None:
+    """The per-frame renderer that the vectorised ``Sprite.paint`` replaced, kept verbatim as the oracle."""
+    if not (sprite.start <= t < sprite.end):
+        return
+    cx, cy, side = sprite.state(t)
+    n = max(2, round(side))
+    idx = np.arange(n) * syn.SHAPE_GRID // n  # nearest-neighbour upscale of the shape
+    mask = sprite.shape[np.ix_(idx, idx)]
+    x0, y0 = math.floor(cx - n / 2), math.floor(cy - n / 2)
+    rows = (y0 + np.arange(n)) % canvas.shape[0]
+    cols = (x0 + np.arange(n)) % canvas.shape[1]
+    patch = canvas[np.ix_(rows, cols)]
+    patch[mask] = sprite.rgb
+    canvas[np.ix_(rows, cols)] = patch
+
+
+def oracle_render(sprites, background, n_frames, fps, out=None):
+    frames = np.empty((n_frames, *background.shape), dtype=np.uint8) if out is None else out
+    for i in range(n_frames):
+        frames[i] = background
+        for sprite in sprites:
+            oracle_draw(sprite, frames[i], i / fps)
+    return frames
+
+
+ALL_MOTIONS = ("left", "right", "up", "down", "diagonal", "grow", "shrink", "orbit")
+
+
+@pytest.mark.parametrize("chunk", [syn._PAINT_CHUNK, 7])
+def test_vectorised_render_equals_per_frame_oracle(monkeypatch, chunk: int):
+    """Every motion, frame sides 16-66, sprites with visibility windows and the largest sides, painted in one
+    chunk of frames or in chunks of 7: equal pixels."""
+    monkeypatch.setattr(syn, "_PAINT_CHUNK", chunk)
+    for seed in range(40):
+        rng = np.random.default_rng([5, seed])
+        size = (16, 32, 64, 66)[seed % 4]
+        sprites = [syn.Sprite.random(rng, size, m) for m in ALL_MOTIONS]
+        for sprite in sprites[::3]:  # some appear and vanish mid-clip (Charades-like)
+            sprite.start, sprite.end = rng.uniform(0, 1.5), rng.uniform(1.0, 4.0)
+        sprites[1].side = syn.SIDE_RANGE[1] * size  # the largest patch
+        background = syn._background(rng, size)
+        fps = (10.0, 12.0, 15.0, 29.97)[seed % 4]
+        got = syn._render(sprites, background, 45, fps)
+        want = oracle_render(sprites, background, 45, fps)
+        assert got.shape == (45, size, size, 3) and got.dtype == np.uint8
+        np.testing.assert_array_equal(got, want, err_msg=f"seed {seed}")
+        assert (got != background).any()  # something was painted
+    # a single frame (draw) and a sprite never visible
+    sprite = syn.Sprite.random(np.random.default_rng(1), 64, "orbit")
+    canvas, oracle = np.zeros((64, 64, 3), np.uint8), np.zeros((64, 64, 3), np.uint8)
+    sprite.draw(canvas, 0.7)
+    oracle_draw(sprite, oracle, 0.7)
+    np.testing.assert_array_equal(canvas, oracle)
+    sprite.start, sprite.end = 5.0, 6.0
+    np.testing.assert_array_equal(
+        syn._render([sprite], canvas * 0, 30, 10.0), np.zeros((30, 64, 64, 3), np.uint8)
+    )
+
+
+def test_dataset_renderers_equal_the_oracle(monkeypatch):
+    """kinetics_clip (shots), ssv2_clip (reversed), charades_video and imagenet_image: the same frames as with
+    the per-frame renderer, for the same seeds."""
+    calls = [
+        lambda rng: syn.kinetics_clip(rng, "green", "shrink", 64, 50, 15.0, 1.0),
+        lambda rng: syn.kinetics_clip(rng, "red", "left", 32, 20, 10.0),
+        lambda rng: syn.ssv2_clip(rng, 9, 64, 40, 12.0, 1.0),
+        lambda rng: syn.ssv2_clip(rng, 4, 32, 20, 12.0),
+        lambda rng: syn.charades_video(rng, [(0, 0.0, 2.0), (5, 0.5, 3.0), (11, 2.5, 4.0)], 64, 48, 12.0),
+        lambda rng: syn.imagenet_image(rng, "blue", "large", 64),
+    ]
+    new = [[call(np.random.default_rng([9, k, s])) for s in range(3)] for k, call in enumerate(calls)]
+    monkeypatch.setattr(syn, "_render", oracle_render)
+    monkeypatch.setattr(syn.Sprite, "draw", oracle_draw)
+    old = [[call(np.random.default_rng([9, k, s])) for s in range(3)] for k, call in enumerate(calls)]
+    for k, (a, b) in enumerate(zip(new, old, strict=True)):
+        for s, (x, y) in enumerate(zip(a, b, strict=True)):
+            np.testing.assert_array_equal(x, y, err_msg=f"renderer {k}, seed {s}")
+
+
+# ------------------------------------------------------------------------------------------ the encoder
+def read_video(path: Path) -> tuple[np.ndarray, list[int], dict]:
+    """PyAV: (T, H, W, 3) RGB frames, the indices of keyframe packets and the stream's codec and rate."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        keyframes = [
+            i for i, packet in enumerate(p for p in container.demux(stream) if p.size) if packet.is_keyframe
+        ]
+        container.seek(0)
+        frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(stream)])
+        info = {"codec": stream.codec_context.name, "rate": stream.average_rate}
+    return frames, keyframes, info
+
+
+def moving_clip(n: int = 40, size: int = 64) -> np.ndarray:
+    return syn.kinetics_clip(np.random.default_rng(11), "blue", "right", size, n, 10.0)
+
+
+@pytest.mark.parametrize(("suffix", "codec"), [(".mp4", "h264"), (".webm", "vp9")])
+def test_encode_video_roundtrip_settings_and_keyframes(tmp_path: Path, suffix: str, codec: str):
+    clip = moving_clip()
+    path = tmp_path / f"clip{suffix}"
+    syn.encode_video(clip, path, 10.0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no temporary file left
+    frames, keyframes, info = read_video(path)
+    assert frames.shape == clip.shape and info == {"codec": codec, "rate": 10}
+    assert keyframes[:4] == [0, 10, 20, 30]  # a keyframe every round(fps) frames (x264 may add scene cuts)
+    # against the frames' own yuv420p conversion (which alone costs ~2.2 levels of mean error on these edges)
+    yuv = [av.VideoFrame.from_ndarray(f, format="rgb24").reformat(format="yuv420p") for f in clip]
+    reference = np.stack([f.to_ndarray(format="rgb24") for f in yuv])
+    error = np.abs(frames.astype(np.int16) - reference).mean()
+    assert error < (0.5 if codec == "h264" else 1.5), error  # crf 18 / crf 32: ~0.1 / ~0.8 measured
+    assert probe(path) == {
+        "codec": codec,
+        "width": 64,
+        "height": 64,
+        "fps": "10/1",
+        "frames": 40,
+        "pix_fmt": "yuv420p",
+    }  # the Debian ffmpeg CLI (reencode's reader) reads it too
+    data = path.read_bytes()
+    assert b"Lavc" not in data and not re.search(rb"Lavf\d", data)  # bit-exact: no library versions
+    if codec == "h264":
+        settings = re.search(rb"x264 - core \d+.*? options: ([^\x00]*)", data).group(1).decode()
+        for option in ("threads=1", "keyint=10", "rc=crf", "crf=18.0", "mbtree=0", "subme=2", "ref=1"):
+            assert option in settings.split(), (option, settings)  # veryfast is subme=2 ref=1
+        mvhd = data.index(b"mvhd")
+        assert data[mvhd + 8 : mvhd + 16] == bytes(8)  # creation and modification times are zero
+        assert data.index(b"moov") < data.index(b"mdat")  # +faststart
+
+
+def test_decord_reads_the_files(tmp_path: Path):
+    decord = pytest.importorskip("decord")
+    clip = moving_clip(30)
+    for suffix in (".mp4", ".webm"):
+        syn.encode_video(clip, tmp_path / f"c{suffix}", 10.0)
+        reader = decord.VideoReader(str(tmp_path / f"c{suffix}"), num_threads=1)
+        assert len(reader) == 30
+        frames = reader.get_batch([0, 14, 29]).asnumpy()
+        assert frames.shape == (3, 64, 64, 3)
+        assert np.abs(frames.astype(np.int16) - clip[[0, 14, 29]]).mean() < 6.0
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".webm"])
+def test_encode_video_equal_frames_equal_bytes(tmp_path: Path, suffix: str):
+    """Repeated in-process encodes of one clip, between allocations that change the heap's layout, give one
+    file (x264's mbtree broke this: 13 different files in 30 encodes); a different clip gives another file."""
+    clip = syn.kinetics_clip(np.random.default_rng(0), "red", "grow", 64, 60, 15.0, 2.0)
+    digests, keep = set(), []
+    for k in range(8):
+        keep = [*keep[-3:], np.ones(50_000 + 37_311 * k, np.uint8)]
+        syn.encode_video(clip, tmp_path / f"{k}{suffix}", 15.0)
+        digests.add(sha256_file(tmp_path / f"{k}{suffix}"))
+    assert len(digests) == 1, digests
+    # a fresh process (another run) writes the same bytes
+    script = (
+        "import sys, numpy as np; from pathlib import Path; from pipelines.datasets import synthetic as syn; "
+        "clip = syn.kinetics_clip(np.random.default_rng(0), 'red', 'grow', 64, 60, 15.0, 2.0); "
+        "syn.encode_video(clip, Path(sys.argv[1]), 15.0)"
+    )
+    fresh = tmp_path / f"fresh{suffix}"
+    subprocess.run([sys.executable, "-c", script, str(fresh)], check=True, cwd=Path(__file__).parents[3])
+    assert sha256_file(fresh) in digests
+    syn.encode_video(clip[::-1].copy(), tmp_path / f"reversed{suffix}", 15.0)
+    assert sha256_file(tmp_path / f"reversed{suffix}") not in digests
+
+
+def test_encode_video_errors_name_the_file(tmp_path: Path, monkeypatch):
+    frames = np.zeros((3, 32, 32, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"odd\.mp4: yuv420p needs even frame sides, got 32x33"):
+        syn.encode_video(np.zeros((3, 33, 32, 3), np.uint8), tmp_path / "odd.mp4", 10.0)
+    with pytest.raises(
+        ValueError, match=r"f\.webm: frames must be \(T, H, W, 3\) uint8, got \(3, 32, 32, 3\) float32"
+    ):
+        syn.encode_video(frames.astype(np.float32), tmp_path / "f.webm", 10.0)
+    with pytest.raises(ValueError, match=r"empty\.mp4: frames must be"):
+        syn.encode_video(frames[:0], tmp_path / "empty.mp4", 10.0)
+    with pytest.raises(ValueError, match=r"slow\.mp4: the frame rate must be"):
+        syn.encode_video(frames, tmp_path / "slow.mp4", 1e-9)
+    monkeypatch.setattr(syn, "X264_OPTIONS", {"preset": "no-such-preset"})
+    with pytest.raises(RuntimeError, match=r"bad\.mp4: libx264 encoding failed: .*avcodec_open2"):
+        syn.encode_video(frames, tmp_path / "bad.mp4", 10.0)
+    assert list(tmp_path.iterdir()) == []  # nothing written, no temporary file left
+
+
 # ------------------------------------------------------------------------------------ files on disk
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory) -> Path:
@@ -358,7 +548,7 @@ def test_imagenet_like(generated: Path):
 
 
 def test_generation_is_deterministic_and_seeded(generated: Path, tmp_path: Path):
-    for fmt in ("kinetics", "ssv2"):
+    for fmt in ("kinetics", "charades", "ssv2"):
         files = syn.generate(fmt, tmp_path / fmt, TINY, workers=1)
         assert files == sorted(
             p.relative_to(generated / fmt).as_posix() for p in (generated / fmt).rglob("*") if p.is_file()
@@ -377,3 +567,27 @@ def test_generate_rejects_bad_arguments(tmp_path: Path):
         syn.generate("kinetics700", tmp_path, TINY)
     with pytest.raises(ValueError, match=r"synthetic.size: video frames need an even side"):
         syn.generate("kinetics", tmp_path, dataclasses.replace(TINY, size=33))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_generate_stops_at_an_encoding_failure_and_writes_no_annotation(tmp_path: Path, monkeypatch, workers):
+    monkeypatch.setattr(syn, "VP9_OPTIONS", {"deadline": "no-such-deadline"})
+    with pytest.raises(
+        RuntimeError, match=r"20bn-something-something-v2/\d+\.webm: libvpx-vp9 encoding failed"
+    ):
+        syn.generate("ssv2", tmp_path, TINY, workers=workers)
+    assert not list(tmp_path.rglob("*.json"))  # annotations come last: none names a missing file
+    assert not list(tmp_path.rglob("*.webm"))  # every job failed; no temporary file left either
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+
+def test_paint_rejects_unordered_times_and_oversized_sprites():
+    sprite = syn.Sprite.random(np.random.default_rng(0), 32, "left")
+    sprite.start, sprite.end = 0.0, 0.5
+    frames = np.zeros((4, 32, 32, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"times must increase; the sprite shows in frames \[0, 2, 3\]"):
+        sprite.paint(frames, [0.0, 1.0, 0.2, 0.3])
+    sprite.side = 40.0
+    with pytest.raises(ValueError, match="a 40 px sprite does not fit a 32x32 frame"):
+        sprite.paint(frames, [0.0, 0.1, 0.2, 0.3])
+    assert not frames.any()  # nothing painted by either
