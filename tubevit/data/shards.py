@@ -61,6 +61,7 @@ Storage
 
 from __future__ import annotations
 
+import functools
 import importlib
 import io
 import json
@@ -442,8 +443,9 @@ class _TrainSample:
     """Decode one training sample and draw its augmentation; apply it here or leave it to the device.
 
     ``augment_on="cpu"``: ``{"video": uint8 (C, T, size, size), "label", "key"}``, cropped and augmented.
-    ``augment_on="device"``: ``{"video": uint8 (T, H, W, C) decoded frames, "params": ClipParams, ...}``;
-    the crop and RandAugment run batched on the training device from the packed parameters.
+    ``augment_on="device"``: ``{"video": uint8 (T, H, W, C) decoded frames, "params": () -> ClipParams,
+    ...}`` (the draw, made when the batch is assembled); the crop and RandAugment run batched on the
+    training device from the packed parameters.
     Both draw the same parameters for a sample (``TrainTransform.params``, i.e.
     :func:`~tubevit.data.augment.draw_clip_params`) from the seed that follows the window draw of
     ``random.Random(sample_seed(seed, epoch, __key__))``.
@@ -512,10 +514,14 @@ class _TrainSample:
                 frames = _decode_image(data, name)
             label = _video_label(meta, self.num_classes, self.multilabel)
         frames = torch.from_numpy(np.ascontiguousarray(frames))  # (T, H, W, C): no copy when contiguous
-        params = self.transform.params(int(frames.shape[1]), int(frames.shape[2]), rng.getrandbits(63))
+        draw = functools.partial(
+            self.transform.params, int(frames.shape[1]), int(frames.shape[2]), rng.getrandbits(63)
+        )
         if self.augment_on == "cpu":  # uint8 (C, T, size, size), cropped and augmented here
-            return {"video": augment_clip(frames, params), "label": label, "key": key}
-        return {"video": frames, "params": params, "label": label, "key": key}
+            return {"video": augment_clip(frames, draw()), "label": label, "key": key}
+        # the batch draws every sample's params in one loop once it is full (the draw's torch calls run
+        # several times faster warm than right after a decode has evicted them from the CPU's caches)
+        return {"video": frames, "params": draw, "label": label, "key": key}
 
 
 class NoSamplesError(RuntimeError):
@@ -793,7 +799,7 @@ class _Batch:
         batch: dict[str, Any] = {}
         if self.device:
             batch["video"] = buffer.permute(0, 4, 1, 2, 3)
-            packed = pack_params(self.params)
+            packed = pack_params([p() if callable(p) else p for p in self.params])
             batch["aug"] = _empty(tuple(packed.shape), packed.dtype).copy_(packed)
         else:
             batch["video"] = buffer
