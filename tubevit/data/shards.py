@@ -79,6 +79,7 @@ import webdataset as wds
 
 from tubevit.config.data import LoaderConfig
 from tubevit.data.augment import augment_clip, pack_params, resolve_augment_on
+from tubevit.data.tars import tar_samples
 from tubevit.data.transforms import EvalTransform, TrainTransform, sample_seed
 from tubevit.data.video import DecodeError, decode_all, decode_clip_eval, decode_clip_train, train_indices
 
@@ -374,7 +375,7 @@ class ShardCache:
                 note = _noting(handler, failed)
                 kept: list[dict] = []
                 size = 0
-                for sample in wds.tarfile_to_samples(handler=note)(iter([dict(item)])):
+                for sample in tar_samples(note)(iter([dict(item)])):
                     kept.append(dict(sample))
                     size += sum(len(v) for v in sample.values() if isinstance(v, bytes | str))
                     yield sample
@@ -591,7 +592,7 @@ class _Guard:
             return True
 
         for url in self.urls:
-            pipe = wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples(handler=note))
+            pipe = wds.DataPipeline(wds.SimpleShardList([url]), tar_samples(note))
             for sample in pipe:
                 samples += 1
                 try:
@@ -893,7 +894,7 @@ class ClipLoader:
             (
                 self.shard_cache.stage(guard.shard_error)
                 if self.shard_cache is not None
-                else wds.tarfile_to_samples(handler=guard.shard_error)
+                else tar_samples(guard.shard_error)
             ),
             guard.samples_stage,
             _seeded_shuffle(lcfg.shuffle_buffer, sample_seed(self.seed, epoch), self.rank, start_batch),
@@ -983,7 +984,7 @@ def eval_dataset(
         _split_by_rank(rank, world_size),
         _split_by_worker,
         _ensure_handlers,
-        wds.tarfile_to_samples(),
+        tar_samples(),
         _EvalSample(lcfg, num_classes, multilabel),
         _batched(lcfg.batch_size, _Collate(dataset), partial=True),
     )
