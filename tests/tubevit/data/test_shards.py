@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 from dataclasses import replace
@@ -561,3 +562,59 @@ def test_augment_on_is_validated_and_auto_resolves_for_this_machine(root):
         "device" if torch.cuda.is_available() else CPU_AUTO_CHOICE
     )
     assert _loader(root, DEVICE).augment_on == "device" and _loader(root, AUG).augment_on == "cpu"
+
+
+def test_a_batch_copies_each_sample_in_as_it_arrives_and_grows_to_the_largest_frames():
+    from tubevit.data.augment import ClipParams
+    from tubevit.data.shards import _BufferPool, _Collate
+
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(2, 3, 4), (2, 5, 6), (2, 4, 2), (2, 5, 3)]  # (T, h, w): the second grows the buffer
+    frames = [torch.randint(1, 256, (*s, 3), dtype=torch.uint8, generator=gen) for s in shapes]
+    drawn = []
+
+    def draw(i):  # the params are drawn when the batch is finished, in sample order
+        drawn.append(i)
+        return ClipParams(2, i, 0, 1, 1, ())
+
+    collate = _Collate("kinetics", _BufferPool())
+    batch = collate.batch(4)
+    for i, f in enumerate(frames):
+        sample = {"video": f, "params": functools.partial(draw, i), "label": torch.tensor(i), "key": f"k{i}"}
+        batch.add(sample)
+        assert len(batch) == i + 1
+    assert drawn == []
+    with pytest.raises(ValueError, match=r"batch of 4 samples is full; cannot add k9"):
+        batch.add({"video": frames[0], "params": None, "label": torch.tensor(0), "key": "k9"})
+    out = batch.finish()
+    assert drawn == [0, 1, 2, 3] and out["key"] == ["k0", "k1", "k2", "k3"]
+    assert out["label"].tolist() == [0, 1, 2, 3] and out["dataset"] == "kinetics"
+    assert out["video"].shape == (4, 3, 2, 5, 6) and out["aug"][:, 1].tolist() == [0, 1, 2, 3]
+    thwc = out["video"].permute(0, 2, 3, 4, 1)  # the channels-last buffer
+    for i, (f, (_, h, w)) in enumerate(zip(frames, shapes, strict=True)):
+        assert torch.equal(thwc[i, :, :h, :w], f)
+        assert not thwc[i, :, h:].any() and not thwc[i, :, :, w:].any()  # zero padding
+
+
+def test_a_batch_refuses_mismatched_samples_and_sizes_a_last_smaller_batch():
+    from tubevit.data.shards import _Collate
+
+    clip = torch.arange(2 * 3 * 4 * 4, dtype=torch.int64).to(torch.uint8).view(3, 2, 4, 4)
+    batch = _Collate("kinetics").batch(4)
+    batch.add({"video": clip, "label": torch.tensor(1), "key": "a", "view": 0})
+    with pytest.raises(ValueError, match=r"b: video \(3, 2, 4, 5\) torch.uint8 does not match the batch's"):
+        batch.add({"video": torch.zeros(3, 2, 4, 5, dtype=torch.uint8), "label": torch.tensor(0), "key": "b"})
+    batch.add({"video": clip + 1, "label": torch.tensor(2), "key": "c", "view": 1})
+    out = batch.finish()  # 2 of 4: its own, exactly sized tensor
+    assert out["video"].shape == (2, 3, 2, 4, 4) and out["video"].is_contiguous()
+    assert out["video"].untyped_storage().nbytes() == 2 * clip.numel()
+    assert torch.equal(out["video"][0], clip) and torch.equal(out["video"][1], clip + 1)
+    assert out["key"] == ["a", "c"] and out["view"] == [0, 1] and out["label"].tolist() == [1, 2]
+    device = _Collate("kinetics").batch(2)
+    device.add({"video": torch.zeros(2, 4, 4, 3, dtype=torch.uint8), "params": None, "label": 0, "key": "x"})
+    with pytest.raises(ValueError, match=r"y: frames \(3, 4, 4, 3\) torch.uint8 do not match the batch's"):
+        device.add(
+            {"video": torch.zeros(3, 4, 4, 3, dtype=torch.uint8), "params": None, "label": 0, "key": "y"}
+        )
+    with pytest.raises(ValueError, match="an empty batch"):
+        _Collate("kinetics").batch(2).finish()
