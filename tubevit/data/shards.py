@@ -289,13 +289,15 @@ def window_classes(actions: Iterable, start_s: float, end_s: float) -> list[int]
     return sorted({int(c) for c, a, b in actions if a < end_s and b > start_s})
 
 
-def _video_label(meta: dict, num_classes: int, multilabel: bool) -> torch.Tensor:
+def _video_label(meta: dict, num_classes: int, multilabel: bool) -> int | torch.Tensor:
+    """A sample's label: the class index (a Python int: the batch makes the tensor) or float32 multi-hot
+    ``(num_classes,)``."""
     if multilabel:
         labels = meta.get("labels") or [a[0] for a in meta.get("actions", [])]
         return multi_hot(labels, num_classes)
     if meta.get("label") is None:
         raise DecodeError(f"{meta.get('id')}: no label")
-    return torch.tensor(int(meta["label"]), dtype=torch.int64)
+    return int(meta["label"])
 
 
 class DecodedCache:
@@ -736,7 +738,7 @@ class _Batch:
         self.pool = pool
         self.buffer: torch.Tensor | None = None  # (size, T, H, W, C) device samples, else (size, *video)
         self.device = False
-        self.labels: list[torch.Tensor] = []
+        self.labels: list[int | torch.Tensor] = []  # class indices or multi-hot (K,)
         self.keys: list[str] = []
         self.params: list = []
         self.views: list[int] = []
@@ -805,7 +807,10 @@ class _Batch:
         else:
             batch["video"] = buffer
         labels = self.labels
-        batch["label"] = torch.stack(labels, out=_empty((n, *labels[0].shape), labels[0].dtype))
+        if isinstance(labels[0], int):  # class indices: int64 (B,) in one call
+            batch["label"] = _empty((n,), torch.int64).copy_(torch.tensor(labels, dtype=torch.int64))
+        else:  # multi-hot (B, K)
+            batch["label"] = torch.stack(labels, out=_empty((n, *labels[0].shape), labels[0].dtype))
         batch["dataset"] = self.dataset
         batch["key"] = list(self.keys)
         if self.views:
