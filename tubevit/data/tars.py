@@ -105,6 +105,24 @@ def _group(members: list[tuple[str, int, int]]) -> list[tuple[str, list[Member]]
     return samples
 
 
+_LAYOUTS: dict[tuple[int, int, int, int], list[tuple[str, list[Member]]] | None] = {}
+_MAX_LAYOUTS = 1 << 16
+
+
+def _layout(f) -> list[tuple[str, list[Member]]] | None:
+    """:func:`_group` of :func:`plain_members` of the open shard ``f``, remembered per file (device, inode,
+    size, modification time in ns) in this process: a resampled training stream draws each shard again and
+    again, and its headers need scanning once."""
+    st = os.fstat(f.fileno())
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _LAYOUTS:
+        members = plain_members(f, st.st_size)
+        if len(_LAYOUTS) >= _MAX_LAYOUTS:
+            del _LAYOUTS[next(iter(_LAYOUTS))]  # the oldest
+        _LAYOUTS[key] = _group(members) if members is not None else None
+    return _LAYOUTS[key]
+
+
 def tar_samples(
     handler: Callable[[Exception], bool] = reraise_exception,
 ) -> Callable[[Iterable[dict]], Iterator[dict]]:
@@ -124,7 +142,7 @@ def tar_samples(
                 yield from fallback(iter([item]))
                 continue
             with f:
-                samples = _group(plain_members(f, os.fstat(f.fileno()).st_size) or [])
+                samples = _layout(f)
                 if not samples:  # not plain (or empty): webdataset's reader decides what it holds
                     yield from fallback(iter([item]))
                     continue

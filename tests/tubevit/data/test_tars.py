@@ -158,3 +158,14 @@ def test_a_shard_that_shrinks_after_the_scan_is_a_handled_read_error(tmp_path, m
     assert len(seen) == 1 and "unexpected end of data" in str(seen[0]) and str(a) in str(seen[0])
     stop = [s["__key__"] for s in tar_samples(lambda e: False)(iter([dict(x) for x in src]))]
     assert stop == ["000", "001"]  # a handler that returns False ends the stream, as in webdataset
+
+
+def test_a_shard_is_scanned_once_until_it_changes(tmp_path, monkeypatch):
+    path = _write(tmp_path / "a.tar")
+    scans = []
+    scan = tars.plain_members
+    monkeypatch.setattr(tars, "plain_members", lambda f, size: scans.append(size) or scan(f, size))
+    read = [[s["__key__"] for s in tar_samples()(iter([{"url": str(path)}]))] for _ in range(3)]
+    assert read == [["000", "001", "sub/002"]] * 3 and len(scans) == 1
+    _write(path, [("z.json", b"r" * 20000)])  # another size (and modification time): scanned again
+    assert [s["__key__"] for s in tar_samples()(iter([{"url": str(path)}]))] == ["z"] and len(scans) == 2
