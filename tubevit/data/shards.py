@@ -64,6 +64,7 @@ from __future__ import annotations
 import functools
 import importlib
 import io
+import itertools
 import json
 import logging
 import math
@@ -238,6 +239,22 @@ def _seeded_shuffle(bufsize: int, seed: int, rank: int, start_batch: int = 0) ->
     def stage(src):
         worker, _ = _logical_worker(start_batch)
         yield from wds.shuffle(bufsize, initial=bufsize, seed=sample_seed("shuffle", seed, rank, worker))(src)
+
+    return stage
+
+
+def _read_ahead(n: int) -> Callable:
+    """Pull ``n`` samples at a time from upstream (tar reads, shuffle), then hand them on one by one.
+
+    The order is unchanged; the reading runs as one loop instead of between two decodes, where each
+    decode has evicted the reader's code and data from the CPU caches.
+    """
+
+    def stage(src):
+        it = iter(src)
+        while chunk := list(itertools.islice(it, n)):
+            yield from chunk
+            chunk = None  # release the chunk's bytes before reading the next
 
     return stage
 
@@ -904,6 +921,7 @@ class ClipLoader:
             guard.samples_stage,
             _seeded_shuffle(lcfg.shuffle_buffer, sample_seed(self.seed, epoch), self.rank, start_batch),
             _skip_consumed(start_batch, lcfg.batch_size),
+            _read_ahead(lcfg.batch_size),
             _DecodeReplacing(decode, guard),
             _batched(lcfg.batch_size, _Collate(self.dataset, self.pool), partial=False),
         )
