@@ -189,6 +189,12 @@ def _worker() -> tuple[int, int]:
     return (0, 1) if info is None else (info.id, info.num_workers)
 
 
+def _as_is(batch: dict) -> dict:
+    """The DataLoader's collate for our batches: they are assembled already (its default walks the dict
+    converting numpy arrays, of which there are none)."""
+    return batch
+
+
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
@@ -243,8 +249,9 @@ def _seeded_shuffle(bufsize: int, seed: int, rank: int, start_batch: int = 0) ->
     return stage
 
 
-def _read_ahead(n: int) -> Callable:
-    """Pull ``n`` samples at a time from upstream (tar reads, shuffle), then hand them on one by one.
+def _read_ahead(n: int, prepare: Callable[[dict], None] | None = None) -> Callable:
+    """Pull ``n`` samples at a time from upstream (tar reads, shuffle) and ``prepare`` each, then hand them
+    on one by one.
 
     The order is unchanged; the reading runs as one loop instead of between two decodes, where each
     decode has evicted the reader's code and data from the CPU caches.
@@ -253,6 +260,9 @@ def _read_ahead(n: int) -> Callable:
     def stage(src):
         it = iter(src)
         while chunk := list(itertools.islice(it, n)):
+            if prepare is not None:
+                for sample in chunk:
+                    prepare(sample)
             yield from chunk
             chunk = None  # release the chunk's bytes before reading the next
 
@@ -500,15 +510,26 @@ class _TrainSample:
             normalized=False,
         )
 
-    def __call__(self, sample: dict) -> dict:
+    def prepare(self, sample: dict) -> None:
+        """Parse the sample's json and compute its seed ahead of its decode (:func:`_read_ahead`): kept in
+        the sample as ``"__prepared__"`` (a json that does not parse is kept as the error it raises)."""
         key = sample["__key__"]
-        name = f"{sample.get('__url__')}:{key}"
         try:
             meta = json.loads(sample["json"])
         except (KeyError, ValueError) as exc:
-            raise DecodeError(f"{name}: no readable json member ({exc!r})") from None
+            meta = DecodeError(f"{sample.get('__url__')}:{key}: no readable json member ({exc!r})")
+        sample["__prepared__"] = (meta, sample_seed(self.seed, self.epoch, key))
+
+    def __call__(self, sample: dict) -> dict:
+        key = sample["__key__"]
+        name = f"{sample.get('__url__')}:{key}"
+        if "__prepared__" not in sample:
+            self.prepare(sample)
+        meta, seed = sample["__prepared__"]
+        if isinstance(meta, DecodeError):
+            raise meta
         ext, data = _media(sample)
-        rng = random.Random(sample_seed(self.seed, self.epoch, key))
+        rng = random.Random(seed)
         url = str(sample.get("__url__"))
         if ext == "mp4":
             if self.cache is not None:
@@ -921,7 +942,7 @@ class ClipLoader:
             guard.samples_stage,
             _seeded_shuffle(lcfg.shuffle_buffer, sample_seed(self.seed, epoch), self.rank, start_batch),
             _skip_consumed(start_batch, lcfg.batch_size),
-            _read_ahead(lcfg.batch_size),
+            _read_ahead(lcfg.batch_size, decode.prepare),
             _DecodeReplacing(decode, guard),
             _batched(lcfg.batch_size, _Collate(self.dataset, self.pool), partial=False),
         )
@@ -936,6 +957,7 @@ class ClipLoader:
         loader = wds.WebLoader(
             self.pipeline(epoch, start),
             batch_size=None,
+            collate_fn=_as_is,
             num_workers=workers,
             worker_init_fn=_worker_init if workers else None,
             persistent_workers=False,
@@ -1043,6 +1065,7 @@ def eval_loader(
             world_size=world_size,
         ),
         batch_size=None,
+        collate_fn=_as_is,
         num_workers=lcfg.workers,
         worker_init_fn=_worker_init if lcfg.workers else None,
         pin_memory=bool(lcfg.workers) and torch.cuda.is_available(),  # workers: 0 pins in the collate

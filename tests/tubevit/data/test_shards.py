@@ -460,15 +460,16 @@ def test_batches_are_the_same_with_0_or_2_workers(root):
 
 
 # --------------------------------------------------------------------------------------------- bad samples
-def _bad_set(root: Path, tmp: Path, every: int) -> list[str]:
-    """The kinetics train shards rewritten with every ``every``-th sample's mp4 replaced by junk bytes."""
+def _bad_set(root: Path, tmp: Path, every: int, member: str = "mp4") -> list[str]:
+    """The kinetics train shards rewritten with every ``every``-th sample's mp4 (or json) replaced by junk."""
     index = root / "kinetics" / "train" / "index.json"
     urls, n = [], 0
     for entry in read_index(index)["shards"]:
         samples = []
         for key, members in read_tar_samples(index.parent / entry["name"]).items():
             if n % every == 0:
-                members = {**members, "mp4": b"not a video " + key.encode()}
+                junk = b"not a video " if member == "mp4" else b"{not json "
+                members = {**members, member: junk + key.encode()}
             samples.append({"__key__": key, **members})
             n += 1
         urls.append(str(write_tar(tmp / entry["name"], samples)))
@@ -493,6 +494,22 @@ def test_undecodable_samples_are_counted_logged_and_replaced(root, tmp_path, cap
     assert loader.counts["skipped"] == len(messages) > 0
     assert all("cannot open video" in m and ".tar:" in m for m in messages)
     assert any(m.endswith(f"({loader.counts['skipped']} skipped)") for m in messages)
+
+
+def test_samples_with_unreadable_json_are_replaced_as_they_come(root, tmp_path, caplog):
+    """The json is parsed ahead of the decode (a batch's samples at a time); a bad one still fails its own
+    sample only, when its turn to decode comes: counted, logged with its key, replaced, repeatably."""
+    urls = _bad_set(root, tmp_path, every=4, member="json")
+    bad = {k for u in urls for k, m in read_tar_samples(Path(u)).items() if m["json"].startswith(b"{not")}
+    loader = train_loader(urls, PLAIN, dataset="kinetics", num_classes=3, seed=0, epoch_batches=6)
+    with caplog.at_level("WARNING", logger="tubevit.data.shards"):
+        batches = list(loader)
+    assert len(batches) == 6 and bad and not bad & {k for b in batches for k in b["key"]}
+    messages = [r.getMessage() for r in caplog.records if "undecodable training sample" in r.getMessage()]
+    assert loader.counts["skipped"] == len(messages) > 0
+    assert all("no readable json member" in m and any(f":{k} " in m for k in bad) for m in messages)
+    clean = list(train_loader(urls, PLAIN, dataset="kinetics", num_classes=3, seed=0, epoch_batches=6))
+    assert all(torch.equal(x["video"], y["video"]) for x, y in zip(batches, clean, strict=True))
 
 
 def test_resume_stays_exact_when_samples_are_skipped(root, tmp_path):
