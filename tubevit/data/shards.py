@@ -27,9 +27,11 @@ Evaluation batches are uint8 ``(B, C, T, size, size)`` too, and also hold ``"vie
 of the clip, ``v * S + s`` for temporal view v and spatial view s); ``"label"`` is the video-level label.
 
 Training (:class:`ClipLoader` from :func:`train_loader`)
-    ``wds.ResampledShards(urls, seed, deterministic=True)`` with rank and worker folded into the seed, a
-    sample shuffle buffer seeded from (seed, epoch, rank, worker), the resume skip, decode + augment, and
-    batches of ``batch_size``. ``.with_epoch(epoch_batches)`` on the loader gives every rank the same number
+    ``wds.ResampledShards(urls, seed, deterministic=True)`` with rank and worker folded into the seed, the
+    shards' samples (:func:`~tubevit.data.tars.tar_samples`: webdataset's samples, local shards read with
+    one read per member), a sample shuffle buffer seeded from (seed, epoch, rank, worker), the resume skip,
+    a read-ahead of one batch of samples (:func:`_read_ahead`), decode + augment, and batches of
+    ``batch_size`` (each sample copied into its slot as soon as it is decoded: :class:`_Batch`). ``.with_epoch(epoch_batches)`` on the loader gives every rank the same number
     of batches. Each iteration of a ClipLoader is one epoch: the k-th ``iter()`` reads epoch ``epoch + k``.
     Data order is a pure function of (seed, epoch, rank, worker count, batch index); each sample's
     augmentation is a pure function of (seed, epoch, ``__key__``). Resume: ``start_batch`` skips the
