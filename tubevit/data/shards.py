@@ -31,8 +31,9 @@ Training (:class:`ClipLoader` from :func:`train_loader`)
     shards' samples (:func:`~tubevit.data.tars.tar_samples`: webdataset's samples, local shards read with
     one read per member), a sample shuffle buffer seeded from (seed, epoch, rank, worker), the resume skip,
     a read-ahead of one batch of samples (:func:`_read_ahead`), decode + augment, and batches of
-    ``batch_size`` (each sample copied into its slot as soon as it is decoded: :class:`_Batch`). ``.with_epoch(epoch_batches)`` on the loader gives every rank the same number
-    of batches. Each iteration of a ClipLoader is one epoch: the k-th ``iter()`` reads epoch ``epoch + k``.
+    ``batch_size`` (each sample copied into its slot as soon as it is decoded: :class:`_Batch`).
+    ``.with_epoch(epoch_batches)`` on the loader gives every rank the same number of batches. Each
+    iteration of a ClipLoader is one epoch: the k-th ``iter()`` reads epoch ``epoch + k``.
     Data order is a pure function of (seed, epoch, rank, worker count, batch index); each sample's
     augmentation is a pure function of (seed, epoch, ``__key__``). Resume: ``start_batch`` skips the
     samples of the batches already consumed, before decoding (data position = step count).
