@@ -635,3 +635,21 @@ def test_a_batch_refuses_mismatched_samples_and_sizes_a_last_smaller_batch():
         )
     with pytest.raises(ValueError, match="an empty batch"):
         _Collate("kinetics").batch(2).finish()
+
+
+def test_read_ahead_keeps_the_order_and_prepares_a_chunk_before_handing_it_on():
+    from tubevit.data.shards import _read_ahead
+
+    pulled, prepared = [], []
+
+    def source():
+        for i in range(7):
+            pulled.append(i)
+            yield {"i": i}
+
+    out = []
+    for sample in _read_ahead(3, lambda s: prepared.append(s["i"]))(source()):
+        out.append((sample["i"], len(pulled), len(prepared)))
+    # sample i arrives once its whole chunk of 3 (the last chunk: 1) has been read and prepared
+    assert out == [(0, 3, 3), (1, 3, 3), (2, 3, 3), (3, 6, 6), (4, 6, 6), (5, 6, 6), (6, 7, 7)]
+    assert [s["i"] for s in _read_ahead(4)(iter([{"i": i} for i in range(5)]))] == [0, 1, 2, 3, 4]
