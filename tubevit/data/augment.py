@@ -116,22 +116,41 @@ class ClipParams:
     ops: tuple[tuple[str, float], ...] = ()
 
 
+@functools.lru_cache(maxsize=64)
+def _log_ratio(ratio: tuple[float, float]) -> tuple[float, float]:
+    """``torch.log(torch.tensor(ratio))`` as Python floats (float32 values), as RandomResizedCrop has them."""
+    lo, hi = torch.log(torch.tensor(ratio)).tolist()
+    return lo, hi
+
+
+@functools.lru_cache(maxsize=1024)
+def _magnitude(name: str, size: int, magnitude: int) -> float | None:
+    """RandAugment's unsigned magnitude of op ``name`` in bin ``magnitude`` for ``size`` x ``size`` images
+    (None for an op without one)."""
+    magnitudes = _SPACE[name][0](NUM_MAGNITUDE_BINS, size, size)
+    return None if magnitudes is None else float(magnitudes[magnitude])
+
+
 def _crop_box(
     g: torch.Generator, height: int, width: int, scale: Sequence[float], ratio: Sequence[float]
 ) -> tuple[int, int, int, int]:
-    """``v2.RandomResizedCrop.make_params`` with ``g``: (top, left, h, w); 10 tries, then the centre crop."""
+    """``v2.RandomResizedCrop.make_params`` with ``g``: (top, left, h, w); 10 tries, then the centre crop.
+
+    The same draws from ``g`` as torchvision's (``torch.empty(1).uniform_``, ``torch.randint``), made into
+    two reused one-element tensors (``randint(a, b, (1,))`` is ``empty(1, int64).random_(a, b)``).
+    """
     area = height * width
-    log_ratio = torch.log(torch.tensor(ratio))
+    log_lo, log_hi = _log_ratio((float(ratio[0]), float(ratio[1])))
+    u = torch.empty(1)
+    k = torch.empty(1, dtype=torch.int64)
     for _ in range(10):
-        target_area = area * torch.empty(1).uniform_(scale[0], scale[1], generator=g).item()
-        aspect = torch.exp(
-            torch.empty(1).uniform_(float(log_ratio[0]), float(log_ratio[1]), generator=g)
-        ).item()
+        target_area = area * u.uniform_(scale[0], scale[1], generator=g).item()
+        aspect = torch.exp(u.uniform_(log_lo, log_hi, generator=g)).item()
         w = round(math.sqrt(target_area * aspect))
         h = round(math.sqrt(target_area / aspect))
         if 0 < w <= width and 0 < h <= height:
-            top = int(torch.randint(0, height - h + 1, size=(1,), generator=g).item())
-            left = int(torch.randint(0, width - w + 1, size=(1,), generator=g).item())
+            top = int(k.random_(0, height - h + 1, generator=g).item())
+            left = int(k.random_(0, width - w + 1, generator=g).item())
             return top, left, h, w
     in_ratio = float(width) / float(height)
     if in_ratio < min(ratio):
@@ -185,16 +204,17 @@ def draw_clip_params(
     g = torch.Generator().manual_seed(int(seed))
     top, left, h, w = _crop_box(g, height, width, scale, ratio)
     ops: list[tuple[str, float]] = []
-    for _ in range(num_ops if randaugment else 0):
-        name = RANDAUGMENT_OPS[int(torch.randint(len(RANDAUGMENT_OPS), (), generator=g))]
-        magnitudes_fn, signed = _SPACE[name]
-        magnitudes = magnitudes_fn(NUM_MAGNITUDE_BINS, size, size)  # RandAugment runs after the crop
-        value = 0.0
-        if magnitudes is not None:
-            value = float(magnitudes[magnitude])
-            if signed and torch.rand((), generator=g) <= 0.5:
+    if randaugment and num_ops:
+        # torch.randint(n, ()) and torch.rand(()) as draws into reused zero-dim tensors (the same values)
+        k, u = torch.empty((), dtype=torch.int64), torch.empty(())
+        for _ in range(num_ops):
+            name = RANDAUGMENT_OPS[int(k.random_(0, len(RANDAUGMENT_OPS), generator=g).item())]
+            value = _magnitude(name, size, magnitude)  # RandAugment runs after the crop: size x size
+            if value is None:
+                value = 0.0
+            elif _SPACE[name][1] and u.uniform_(0.0, 1.0, generator=g).item() <= 0.5:  # signed
                 value *= -1
-        ops.append((name, value))
+            ops.append((name, value))
     return ClipParams(size, top, left, h, w, tuple(ops))
 
 

@@ -27,10 +27,13 @@ Evaluation batches are uint8 ``(B, C, T, size, size)`` too, and also hold ``"vie
 of the clip, ``v * S + s`` for temporal view v and spatial view s); ``"label"`` is the video-level label.
 
 Training (:class:`ClipLoader` from :func:`train_loader`)
-    ``wds.ResampledShards(urls, seed, deterministic=True)`` with rank and worker folded into the seed, a
-    sample shuffle buffer seeded from (seed, epoch, rank, worker), the resume skip, decode + augment, and
-    batches of ``batch_size``. ``.with_epoch(epoch_batches)`` on the loader gives every rank the same number
-    of batches. Each iteration of a ClipLoader is one epoch: the k-th ``iter()`` reads epoch ``epoch + k``.
+    ``wds.ResampledShards(urls, seed, deterministic=True)`` with rank and worker folded into the seed, the
+    shards' samples (:func:`~tubevit.data.tars.tar_samples`: webdataset's samples, local shards read with
+    one read per member), a sample shuffle buffer seeded from (seed, epoch, rank, worker), the resume skip,
+    a read-ahead of one batch of samples (:func:`_read_ahead`), decode + augment, and batches of
+    ``batch_size`` (each sample copied into its slot as soon as it is decoded: :class:`_Batch`).
+    ``.with_epoch(epoch_batches)`` on the loader gives every rank the same number of batches. Each
+    iteration of a ClipLoader is one epoch: the k-th ``iter()`` reads epoch ``epoch + k``.
     Data order is a pure function of (seed, epoch, rank, worker count, batch index); each sample's
     augmentation is a pure function of (seed, epoch, ``__key__``). Resume: ``start_batch`` skips the
     samples of the batches already consumed, before decoding (data position = step count).
@@ -61,8 +64,10 @@ Storage
 
 from __future__ import annotations
 
+import functools
 import importlib
 import io
+import itertools
 import json
 import logging
 import math
@@ -78,6 +83,7 @@ import webdataset as wds
 
 from tubevit.config.data import LoaderConfig
 from tubevit.data.augment import augment_clip, pack_params, resolve_augment_on
+from tubevit.data.tars import tar_samples
 from tubevit.data.transforms import EvalTransform, TrainTransform, sample_seed
 from tubevit.data.video import DecodeError, decode_all, decode_clip_eval, decode_clip_train, train_indices
 
@@ -186,6 +192,12 @@ def _worker() -> tuple[int, int]:
     return (0, 1) if info is None else (info.id, info.num_workers)
 
 
+def _as_is(batch: dict) -> dict:
+    """The DataLoader's collate for our batches: they are assembled already (its default walks the dict
+    converting numpy arrays, of which there are none)."""
+    return batch
+
+
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
@@ -240,6 +252,26 @@ def _seeded_shuffle(bufsize: int, seed: int, rank: int, start_batch: int = 0) ->
     return stage
 
 
+def _read_ahead(n: int, prepare: Callable[[dict], None] | None = None) -> Callable:
+    """Pull ``n`` samples at a time from upstream (tar reads, shuffle) and ``prepare`` each, then hand them
+    on one by one.
+
+    The order is unchanged; the reading runs as one loop instead of between two decodes, where each
+    decode has evicted the reader's code and data from the CPU caches.
+    """
+
+    def stage(src):
+        it = iter(src)
+        while chunk := list(itertools.islice(it, n)):
+            if prepare is not None:
+                for sample in chunk:
+                    prepare(sample)
+            yield from chunk
+            chunk = None  # release the chunk's bytes before reading the next
+
+    return stage
+
+
 def _skip_consumed(start_batch: int, batch_size: int) -> Callable:
     """Drop, in this worker, the samples of the first ``start_batch`` loader batches that it would make.
 
@@ -287,13 +319,15 @@ def window_classes(actions: Iterable, start_s: float, end_s: float) -> list[int]
     return sorted({int(c) for c, a, b in actions if a < end_s and b > start_s})
 
 
-def _video_label(meta: dict, num_classes: int, multilabel: bool) -> torch.Tensor:
+def _video_label(meta: dict, num_classes: int, multilabel: bool) -> int | torch.Tensor:
+    """A sample's label: the class index (a Python int: the batch makes the tensor) or float32 multi-hot
+    ``(num_classes,)``."""
     if multilabel:
         labels = meta.get("labels") or [a[0] for a in meta.get("actions", [])]
         return multi_hot(labels, num_classes)
     if meta.get("label") is None:
         raise DecodeError(f"{meta.get('id')}: no label")
-    return torch.tensor(int(meta["label"]), dtype=torch.int64)
+    return int(meta["label"])
 
 
 class DecodedCache:
@@ -373,7 +407,7 @@ class ShardCache:
                 note = _noting(handler, failed)
                 kept: list[dict] = []
                 size = 0
-                for sample in wds.tarfile_to_samples(handler=note)(iter([dict(item)])):
+                for sample in tar_samples(note)(iter([dict(item)])):
                     kept.append(dict(sample))
                     size += sum(len(v) for v in sample.values() if isinstance(v, bytes | str))
                     yield sample
@@ -442,8 +476,9 @@ class _TrainSample:
     """Decode one training sample and draw its augmentation; apply it here or leave it to the device.
 
     ``augment_on="cpu"``: ``{"video": uint8 (C, T, size, size), "label", "key"}``, cropped and augmented.
-    ``augment_on="device"``: ``{"video": uint8 (T, H, W, C) decoded frames, "params": ClipParams, ...}``;
-    the crop and RandAugment run batched on the training device from the packed parameters.
+    ``augment_on="device"``: ``{"video": uint8 (T, H, W, C) decoded frames, "params": () -> ClipParams,
+    ...}`` (the draw, made when the batch is assembled); the crop and RandAugment run batched on the
+    training device from the packed parameters.
     Both draw the same parameters for a sample (``TrainTransform.params``, i.e.
     :func:`~tubevit.data.augment.draw_clip_params`) from the seed that follows the window draw of
     ``random.Random(sample_seed(seed, epoch, __key__))``.
@@ -478,15 +513,26 @@ class _TrainSample:
             normalized=False,
         )
 
-    def __call__(self, sample: dict) -> dict:
+    def prepare(self, sample: dict) -> None:
+        """Parse the sample's json and compute its seed ahead of its decode (:func:`_read_ahead`): kept in
+        the sample as ``"__prepared__"`` (a json that does not parse is kept as the error it raises)."""
         key = sample["__key__"]
-        name = f"{sample.get('__url__')}:{key}"
         try:
             meta = json.loads(sample["json"])
         except (KeyError, ValueError) as exc:
-            raise DecodeError(f"{name}: no readable json member ({exc!r})") from None
+            meta = DecodeError(f"{sample.get('__url__')}:{key}: no readable json member ({exc!r})")
+        sample["__prepared__"] = (meta, sample_seed(self.seed, self.epoch, key))
+
+    def __call__(self, sample: dict) -> dict:
+        key = sample["__key__"]
+        name = f"{sample.get('__url__')}:{key}"
+        if "__prepared__" not in sample:
+            self.prepare(sample)
+        meta, seed = sample["__prepared__"]
+        if isinstance(meta, DecodeError):
+            raise meta
         ext, data = _media(sample)
-        rng = random.Random(sample_seed(self.seed, self.epoch, key))
+        rng = random.Random(seed)
         url = str(sample.get("__url__"))
         if ext == "mp4":
             if self.cache is not None:
@@ -512,10 +558,14 @@ class _TrainSample:
                 frames = _decode_image(data, name)
             label = _video_label(meta, self.num_classes, self.multilabel)
         frames = torch.from_numpy(np.ascontiguousarray(frames))  # (T, H, W, C): no copy when contiguous
-        params = self.transform.params(int(frames.shape[1]), int(frames.shape[2]), rng.getrandbits(63))
+        draw = functools.partial(
+            self.transform.params, int(frames.shape[1]), int(frames.shape[2]), rng.getrandbits(63)
+        )
         if self.augment_on == "cpu":  # uint8 (C, T, size, size), cropped and augmented here
-            return {"video": augment_clip(frames, params), "label": label, "key": key}
-        return {"video": frames, "params": params, "label": label, "key": key}
+            return {"video": augment_clip(frames, draw()), "label": label, "key": key}
+        # the batch draws every sample's params in one loop once it is full (the draw's torch calls run
+        # several times faster warm than right after a decode has evicted them from the CPU's caches)
+        return {"video": frames, "params": draw, "label": label, "key": key}
 
 
 class NoSamplesError(RuntimeError):
@@ -585,7 +635,7 @@ class _Guard:
             return True
 
         for url in self.urls:
-            pipe = wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples(handler=note))
+            pipe = wds.DataPipeline(wds.SimpleShardList([url]), tar_samples(note))
             for sample in pipe:
                 samples += 1
                 try:
@@ -629,6 +679,7 @@ class _DecodeReplacing:
             self.guard.decoded += 1
             for _ in range(pending + 1):
                 yield out
+            out = None  # release the frames (copied into the batch) before the next decode
             pending = 0
 
 
@@ -659,23 +710,29 @@ class _EvalSample:
                     yield {"video": view, "label": label, "key": key, "view": v * spatial + s}
 
 
-def _batched(batch_size: int, collate: Callable[[list[dict]], dict], partial: bool) -> Callable:
+def _batched(batch_size: int, collate: _Collate, partial: bool) -> Callable:
     """Pipeline stage: batches of ``batch_size`` samples, each yielded as soon as it is full.
 
+    Each sample's video is copied into its slot of the batch as soon as it arrives (:class:`_Batch`), so
+    the decoder's output is released before the next sample is decoded, and the allocator hands the same
+    memory back to the next decode. (Holding a batch's B decoded clips until the batch is full freed them
+    all at once; glibc then returned that memory to the system and the next batch faulted every page in
+    again: 90-160 page faults per 16 x 128 x 227 clip, 0.4-0.5 ms of kernel time against 6 ms of decoding.)
     (``wds.batched`` yields a batch only once the next sample has been decoded: one decode wasted per
     epoch and per worker, and every batch waits for the next batch's first sample.) ``partial``: also
     yield the last, smaller batch.
     """
 
     def stage(src: Iterable[dict]) -> Iterator[dict]:
-        batch: list[dict] = []
+        batch = collate.batch(batch_size)
         for sample in src:
-            batch.append(sample)
+            batch.add(sample)
+            sample = None  # release the sample's frames before the next decode
             if len(batch) == batch_size:
-                yield collate(batch)
-                batch = []
-        if batch and partial:
-            yield collate(batch)
+                yield batch.finish()
+                batch = collate.batch(batch_size)
+        if len(batch) and partial:
+            yield batch.finish()
 
     return stage
 
@@ -688,34 +745,118 @@ class _Collate:
     ``(B, T, Hmax, Wmax, C)`` buffer and returned as its ``(B, C, T, H, W)`` view (channels last in
     memory: no transpose on the CPU; the device copy keeps the strides), with ``"aug"`` float32 ``(B, P)``
     from :func:`~tubevit.data.augment.pack_params`. Pinned when CUDA exists (see :func:`_empty`).
+    :meth:`batch` starts a batch that takes its samples one at a time (:class:`_Batch`); calling the
+    collate on a list of samples assembles them in one go.
     """
 
     def __init__(self, dataset: str, pool: _BufferPool | None = None):
         self.dataset = dataset
         self.pool = pool
 
+    def batch(self, size: int) -> _Batch:
+        """An empty batch of at most ``size`` samples."""
+        return _Batch(self.dataset, size, self.pool)
+
     def __call__(self, samples: list[dict]) -> dict:
-        videos = [s["video"] for s in samples]
+        batch = self.batch(len(samples))
+        for sample in samples:
+            batch.add(sample)
+        return batch.finish()
+
+
+class _Batch:
+    """One batch being assembled: :meth:`add` copies a sample's video into its slot at once (the buffer is
+    allocated with the first sample, for ``size`` samples), :meth:`finish` returns the batch dict.
+
+    Device samples (``"params"`` present) may differ in H, W: a larger sample grows the buffer to the
+    largest H and W so far (earlier slots are copied over, once per growth), and every slot's padding is
+    zero. Other samples must all have the first one's shape.
+    """
+
+    def __init__(self, dataset: str, size: int, pool: _BufferPool | None):
+        self.dataset = dataset
+        self.size = size
+        self.pool = pool
+        self.buffer: torch.Tensor | None = None  # (size, T, H, W, C) device samples, else (size, *video)
+        self.device = False
+        self.labels: list[int | torch.Tensor] = []  # class indices or multi-hot (K,)
+        self.keys: list[str] = []
+        self.params: list = []
+        self.views: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def add(self, sample: dict) -> None:
+        """Copy ``sample["video"]`` into the next slot and keep its label, key (and params, view)."""
+        b = len(self.keys)
+        if b >= self.size:
+            raise ValueError(f"batch of {self.size} samples is full; cannot add {sample.get('key')}")
+        video = sample["video"]
+        if self.buffer is None:
+            self.device = "params" in sample
+            self.buffer = _empty((self.size, *video.shape), video.dtype, pool=self.pool)
+        if self.device:
+            self._add_frames(b, video, sample.get("key"))
+            self.params.append(sample["params"])
+        else:
+            if tuple(video.shape) != tuple(self.buffer.shape[1:]) or video.dtype != self.buffer.dtype:
+                raise ValueError(
+                    f"{sample.get('key')}: video {tuple(video.shape)} {video.dtype} does not match the"
+                    f" batch's {tuple(self.buffer.shape[1:])} {self.buffer.dtype}"
+                )
+            self.buffer[b].copy_(video)
+        self.labels.append(sample["label"])
+        self.keys.append(sample["key"])
+        if "view" in sample:
+            self.views.append(sample["view"])
+
+    def _add_frames(self, b: int, video: torch.Tensor, key: object) -> None:
+        """Write decoded frames (T, h, w, C) into slot ``b`` of the (size, T, H, W, C) buffer, top left."""
+        buf = self.buffer
+        t, h, w, c = video.shape
+        if (t, c) != (buf.shape[1], buf.shape[4]) or video.dtype != buf.dtype:
+            raise ValueError(
+                f"{key}: frames {tuple(video.shape)} {video.dtype} do not match the batch's"
+                f" (T, H, W, C) = {tuple(buf.shape[1:])} {buf.dtype}"
+            )
+        height, width = buf.shape[2], buf.shape[3]
+        if h > height or w > width:  # grow to the largest frames so far, zero-padded
+            height, width = max(h, height), max(w, width)
+            grown = _empty((self.size, t, height, width, c), buf.dtype, zero=True, pool=self.pool)
+            grown[:b, :, : buf.shape[2], : buf.shape[3]].copy_(buf[:b])
+            self.buffer = buf = grown
+        buf[b, :, :h, :w].copy_(video)
+        if h < height:
+            buf[b, :, h:].zero_()
+        if w < width:
+            buf[b, :, :h, w:].zero_()
+
+    def finish(self) -> dict:
+        """The batch dict (see :class:`_Collate`) of the samples added."""
+        n = len(self.keys)
+        if n == 0:
+            raise ValueError("an empty batch")
+        buffer = self.buffer
+        if n < self.size:  # a last, smaller batch: its own memory, exactly sized
+            buffer = _empty((n, *buffer.shape[1:]), buffer.dtype, pool=self.pool).copy_(buffer[:n])
         batch: dict[str, Any] = {}
-        if "params" in samples[0]:
-            t, c = videos[0].shape[0], videos[0].shape[3]
-            h, w = max(v.shape[1] for v in videos), max(v.shape[2] for v in videos)
-            ragged = any(v.shape[1:3] != (h, w) for v in videos)
-            buffer = _empty((len(videos), t, h, w, c), torch.uint8, zero=ragged, pool=self.pool)
-            for b, v in enumerate(videos):
-                buffer[b, :, : v.shape[1], : v.shape[2]].copy_(v)
+        if self.device:
             batch["video"] = buffer.permute(0, 4, 1, 2, 3)
-            packed = pack_params([s["params"] for s in samples])
+            packed = pack_params([p() if callable(p) else p for p in self.params])
             batch["aug"] = _empty(tuple(packed.shape), packed.dtype).copy_(packed)
         else:
-            out = _empty((len(videos), *videos[0].shape), videos[0].dtype, pool=self.pool)
-            batch["video"] = torch.stack(videos, out=out)
-        labels = [s["label"] for s in samples]
-        batch["label"] = torch.stack(labels, out=_empty((len(labels), *labels[0].shape), labels[0].dtype))
+            batch["video"] = buffer
+        labels = self.labels
+        if isinstance(labels[0], int):  # class indices: int64 (B,) in one call
+            batch["label"] = _empty((n,), torch.int64).copy_(torch.tensor(labels, dtype=torch.int64))
+        else:  # multi-hot (B, K)
+            batch["label"] = torch.stack(labels, out=_empty((n, *labels[0].shape), labels[0].dtype))
         batch["dataset"] = self.dataset
-        batch["key"] = [s["key"] for s in samples]
-        if "view" in samples[0]:
-            batch["view"] = [s["view"] for s in samples]
+        batch["key"] = list(self.keys)
+        if self.views:
+            batch["view"] = list(self.views)
+        self.buffer = None
         return batch
 
 
@@ -799,11 +940,12 @@ class ClipLoader:
             (
                 self.shard_cache.stage(guard.shard_error)
                 if self.shard_cache is not None
-                else wds.tarfile_to_samples(handler=guard.shard_error)
+                else tar_samples(guard.shard_error)
             ),
             guard.samples_stage,
             _seeded_shuffle(lcfg.shuffle_buffer, sample_seed(self.seed, epoch), self.rank, start_batch),
             _skip_consumed(start_batch, lcfg.batch_size),
+            _read_ahead(lcfg.batch_size, decode.prepare),
             _DecodeReplacing(decode, guard),
             _batched(lcfg.batch_size, _Collate(self.dataset, self.pool), partial=False),
         )
@@ -818,6 +960,7 @@ class ClipLoader:
         loader = wds.WebLoader(
             self.pipeline(epoch, start),
             batch_size=None,
+            collate_fn=_as_is,
             num_workers=workers,
             worker_init_fn=_worker_init if workers else None,
             persistent_workers=False,
@@ -889,7 +1032,7 @@ def eval_dataset(
         _split_by_rank(rank, world_size),
         _split_by_worker,
         _ensure_handlers,
-        wds.tarfile_to_samples(),
+        tar_samples(),
         _EvalSample(lcfg, num_classes, multilabel),
         _batched(lcfg.batch_size, _Collate(dataset), partial=True),
     )
@@ -925,6 +1068,7 @@ def eval_loader(
             world_size=world_size,
         ),
         batch_size=None,
+        collate_fn=_as_is,
         num_workers=lcfg.workers,
         worker_init_fn=_worker_init if lcfg.workers else None,
         pin_memory=bool(lcfg.workers) and torch.cuda.is_available(),  # workers: 0 pins in the collate

@@ -134,11 +134,23 @@ def decode_all(data: bytes, name: str = "video") -> np.ndarray:
 def decode_clip_train(
     data: bytes, frames: int, rng: random.Random, name: str = "video"
 ) -> tuple[np.ndarray, int, int]:
-    """A random training window: uint8 ``(T, H, W, C)``, its start frame and the video's frame count."""
+    """A random training window: uint8 ``(T, H, W, C)``, its start frame and the video's frame count.
+
+    The window of :func:`train_indices` (the same draw from ``rng``), decoded without index arrays: the
+    frames [start, min(start + T, n)) in one ``get_batch``, the last one repeated for a short video.
+    """
     vr = _reader(data, name)
     n = len(vr)
-    idx = train_indices(n, frames, rng)
-    return decode_with_reader(vr, idx, name), int(idx[0]), n
+    start = rng.randint(0, max(n - frames, 0))  # train_indices' draw
+    stop = min(start + frames, n)
+    try:
+        # (stop - start, H, W, C) uint8, shared with decord's buffer through DLPack (no copy)
+        clip = from_dlpack(vr.get_batch(list(range(start, stop))).to_dlpack()).numpy()
+    except Exception as exc:
+        raise DecodeError(f"{name}: decoding frames failed ({exc})") from None
+    if stop - start < frames:  # a short video: repeat its last frame
+        clip = clip[np.minimum(np.arange(frames), stop - start - 1)]
+    return clip, start, n
 
 
 def decode_clip_eval(data: bytes, frames: int, views: int, name: str = "video") -> tuple[np.ndarray, int]:

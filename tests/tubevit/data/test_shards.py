@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 from dataclasses import replace
@@ -459,15 +460,16 @@ def test_batches_are_the_same_with_0_or_2_workers(root):
 
 
 # --------------------------------------------------------------------------------------------- bad samples
-def _bad_set(root: Path, tmp: Path, every: int) -> list[str]:
-    """The kinetics train shards rewritten with every ``every``-th sample's mp4 replaced by junk bytes."""
+def _bad_set(root: Path, tmp: Path, every: int, member: str = "mp4") -> list[str]:
+    """The kinetics train shards rewritten with every ``every``-th sample's mp4 (or json) replaced by junk."""
     index = root / "kinetics" / "train" / "index.json"
     urls, n = [], 0
     for entry in read_index(index)["shards"]:
         samples = []
         for key, members in read_tar_samples(index.parent / entry["name"]).items():
             if n % every == 0:
-                members = {**members, "mp4": b"not a video " + key.encode()}
+                junk = b"not a video " if member == "mp4" else b"{not json "
+                members = {**members, member: junk + key.encode()}
             samples.append({"__key__": key, **members})
             n += 1
         urls.append(str(write_tar(tmp / entry["name"], samples)))
@@ -492,6 +494,22 @@ def test_undecodable_samples_are_counted_logged_and_replaced(root, tmp_path, cap
     assert loader.counts["skipped"] == len(messages) > 0
     assert all("cannot open video" in m and ".tar:" in m for m in messages)
     assert any(m.endswith(f"({loader.counts['skipped']} skipped)") for m in messages)
+
+
+def test_samples_with_unreadable_json_are_replaced_as_they_come(root, tmp_path, caplog):
+    """The json is parsed ahead of the decode (a batch's samples at a time); a bad one still fails its own
+    sample only, when its turn to decode comes: counted, logged with its key, replaced, repeatably."""
+    urls = _bad_set(root, tmp_path, every=4, member="json")
+    bad = {k for u in urls for k, m in read_tar_samples(Path(u)).items() if m["json"].startswith(b"{not")}
+    loader = train_loader(urls, PLAIN, dataset="kinetics", num_classes=3, seed=0, epoch_batches=6)
+    with caplog.at_level("WARNING", logger="tubevit.data.shards"):
+        batches = list(loader)
+    assert len(batches) == 6 and bad and not bad & {k for b in batches for k in b["key"]}
+    messages = [r.getMessage() for r in caplog.records if "undecodable training sample" in r.getMessage()]
+    assert loader.counts["skipped"] == len(messages) > 0
+    assert all("no readable json member" in m and any(f":{k} " in m for k in bad) for m in messages)
+    clean = list(train_loader(urls, PLAIN, dataset="kinetics", num_classes=3, seed=0, epoch_batches=6))
+    assert all(torch.equal(x["video"], y["video"]) for x, y in zip(batches, clean, strict=True))
 
 
 def test_resume_stays_exact_when_samples_are_skipped(root, tmp_path):
@@ -561,3 +579,77 @@ def test_augment_on_is_validated_and_auto_resolves_for_this_machine(root):
         "device" if torch.cuda.is_available() else CPU_AUTO_CHOICE
     )
     assert _loader(root, DEVICE).augment_on == "device" and _loader(root, AUG).augment_on == "cpu"
+
+
+def test_a_batch_copies_each_sample_in_as_it_arrives_and_grows_to_the_largest_frames():
+    from tubevit.data.augment import ClipParams
+    from tubevit.data.shards import _BufferPool, _Collate
+
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(2, 3, 4), (2, 5, 6), (2, 4, 2), (2, 5, 3)]  # (T, h, w): the second grows the buffer
+    frames = [torch.randint(1, 256, (*s, 3), dtype=torch.uint8, generator=gen) for s in shapes]
+    drawn = []
+
+    def draw(i):  # the params are drawn when the batch is finished, in sample order
+        drawn.append(i)
+        return ClipParams(2, i, 0, 1, 1, ())
+
+    collate = _Collate("kinetics", _BufferPool())
+    batch = collate.batch(4)
+    for i, f in enumerate(frames):
+        sample = {"video": f, "params": functools.partial(draw, i), "label": torch.tensor(i), "key": f"k{i}"}
+        batch.add(sample)
+        assert len(batch) == i + 1
+    assert drawn == []
+    with pytest.raises(ValueError, match=r"batch of 4 samples is full; cannot add k9"):
+        batch.add({"video": frames[0], "params": None, "label": torch.tensor(0), "key": "k9"})
+    out = batch.finish()
+    assert drawn == [0, 1, 2, 3] and out["key"] == ["k0", "k1", "k2", "k3"]
+    assert out["label"].tolist() == [0, 1, 2, 3] and out["dataset"] == "kinetics"
+    assert out["video"].shape == (4, 3, 2, 5, 6) and out["aug"][:, 1].tolist() == [0, 1, 2, 3]
+    thwc = out["video"].permute(0, 2, 3, 4, 1)  # the channels-last buffer
+    for i, (f, (_, h, w)) in enumerate(zip(frames, shapes, strict=True)):
+        assert torch.equal(thwc[i, :, :h, :w], f)
+        assert not thwc[i, :, h:].any() and not thwc[i, :, :, w:].any()  # zero padding
+
+
+def test_a_batch_refuses_mismatched_samples_and_sizes_a_last_smaller_batch():
+    from tubevit.data.shards import _Collate
+
+    clip = torch.arange(2 * 3 * 4 * 4, dtype=torch.int64).to(torch.uint8).view(3, 2, 4, 4)
+    batch = _Collate("kinetics").batch(4)
+    batch.add({"video": clip, "label": torch.tensor(1), "key": "a", "view": 0})
+    with pytest.raises(ValueError, match=r"b: video \(3, 2, 4, 5\) torch.uint8 does not match the batch's"):
+        batch.add({"video": torch.zeros(3, 2, 4, 5, dtype=torch.uint8), "label": torch.tensor(0), "key": "b"})
+    batch.add({"video": clip + 1, "label": torch.tensor(2), "key": "c", "view": 1})
+    out = batch.finish()  # 2 of 4: its own, exactly sized tensor
+    assert out["video"].shape == (2, 3, 2, 4, 4) and out["video"].is_contiguous()
+    assert out["video"].untyped_storage().nbytes() == 2 * clip.numel()
+    assert torch.equal(out["video"][0], clip) and torch.equal(out["video"][1], clip + 1)
+    assert out["key"] == ["a", "c"] and out["view"] == [0, 1] and out["label"].tolist() == [1, 2]
+    device = _Collate("kinetics").batch(2)
+    device.add({"video": torch.zeros(2, 4, 4, 3, dtype=torch.uint8), "params": None, "label": 0, "key": "x"})
+    with pytest.raises(ValueError, match=r"y: frames \(3, 4, 4, 3\) torch.uint8 do not match the batch's"):
+        device.add(
+            {"video": torch.zeros(3, 4, 4, 3, dtype=torch.uint8), "params": None, "label": 0, "key": "y"}
+        )
+    with pytest.raises(ValueError, match="an empty batch"):
+        _Collate("kinetics").batch(2).finish()
+
+
+def test_read_ahead_keeps_the_order_and_prepares_a_chunk_before_handing_it_on():
+    from tubevit.data.shards import _read_ahead
+
+    pulled, prepared = [], []
+
+    def source():
+        for i in range(7):
+            pulled.append(i)
+            yield {"i": i}
+
+    out = []
+    for sample in _read_ahead(3, lambda s: prepared.append(s["i"]))(source()):
+        out.append((sample["i"], len(pulled), len(prepared)))
+    # sample i arrives once its whole chunk of 3 (the last chunk: 1) has been read and prepared
+    assert out == [(0, 3, 3), (1, 3, 3), (2, 3, 3), (3, 6, 6), (4, 6, 6), (5, 6, 6), (6, 7, 7)]
+    assert [s["i"] for s in _read_ahead(4)(iter([{"i": i} for i in range(5)]))] == [0, 1, 2, 3, 4]

@@ -87,3 +87,12 @@ def test_windows_and_scattered_indices_decode_the_same_frames(clip20):
     assert np.array_equal(scattered[2], scattered[3]) and np.array_equal(scattered[2], window[3])
     window[0, 0, 0, 0] = 1  # writable
     assert np.array_equal(decode_frames(clip20, [5], "c")[0], window[1])
+
+
+def test_a_training_window_longer_than_the_video_repeats_its_last_frame(clip20):
+    frames, start, n = decode_clip_train(clip20, 24, random.Random(3), "c")
+    assert (start, n) == (0, 20) and frames.shape == (24, 48, 64, 3)
+    assert decoded_indices(frames) == [*range(20), 19, 19, 19, 19]
+    assert decoded_indices(decode_clip_train(clip20, 20, random.Random(3), "c")[0]) == list(range(20))
+    with pytest.raises(DecodeError, match=r"^shard-1\.tar:x: cannot open video"):
+        decode_clip_train(b"junk", 8, random.Random(0), "shard-1.tar:x")
