@@ -38,7 +38,7 @@ from tubevit.config.data import DatasetConfig, ReencodeConfig
 
 REPO = Path(__file__).resolve().parents[2]
 HEADER = "label,youtube_id,time_start,time_end,split\n"
-RCFG = ReencodeConfig(workers=2)
+RCFG = ReencodeConfig(workers=2, chunk_size=1)  # one item per task: a crash fails exactly its item
 
 
 def ffmpeg(*args: str) -> None:

@@ -155,7 +155,7 @@ class ReencodeConfig:
     jpeg_quality: int = 90  # images: PIL JPEG quality
     workers: int = 2  # parallel ffmpeg jobs (each -threads 1)
     dask_address: str | None = None  # a Dask scheduler address: run tasks on that cluster
-    chunk_size: int = 1  # items per Prefect task (raise for 100k+ items)
+    chunk_size: int = 8  # items per Prefect task (one task run per item swamps the server)
     # Caps on untrusted media: an item over one fails with the reason (failures.jsonl), the stage goes on.
     max_side: int = 8192  # pixels: a source (video or image) whose long side is larger is refused
     max_duration_s: float = 3600.0  # seconds of video one item may encode (the trim window, or the file)
