@@ -496,34 +496,36 @@ def test_start_weights_must_lie_in_the_declared_weights_folder(base, shards, tmp
     training.check_start_weights(params.pretrain, None)
 
 
+@pytest.fixture
+def keep_torch_threads():
+    """Restore torch's thread count after a test that sets it."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize(
     ("cpus", "workers", "ranks", "threads"),
     [(2, 0, 1, 2), (2, 1, 1, 1), (2, 2, 1, 1), (2, 0, 2, 1), (16, 3, 2, 5), (1, 0, 1, 1)],
 )
-def test_configure_threads_gives_the_cores_the_loader_leaves(monkeypatch, cpus, workers, ranks, threads):
+def test_configure_threads_gives_the_cores_the_loader_leaves(
+    monkeypatch, keep_torch_threads, cpus, workers, ranks, threads
+):
     monkeypatch.setattr(training.os, "cpu_count", lambda: cpus)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    before = torch.get_num_threads()
-    try:
-        assert training.configure_threads(torch.device("cpu"), workers, ranks) == threads
-        assert torch.get_num_threads() == threads
-        assert training.configure_threads(torch.device("cuda"), workers, ranks) == threads  # left alone
-    finally:
-        torch.set_num_threads(before)
+    assert training.configure_threads(torch.device("cpu"), workers, ranks) == threads
+    assert torch.get_num_threads() == threads
+    assert training.configure_threads(torch.device("cuda"), workers, ranks) == threads  # left alone
 
 
-def test_configure_threads_follows_an_explicit_omp_num_threads(monkeypatch):
+def test_configure_threads_follows_an_explicit_omp_num_threads(monkeypatch, keep_torch_threads):
     monkeypatch.setattr(training.os, "cpu_count", lambda: 2)
-    before = torch.get_num_threads()
-    try:
-        monkeypatch.setenv("OMP_NUM_THREADS", "1")
-        assert training.configure_threads(torch.device("cpu"), 0) == 1
-        assert torch.get_num_threads() == 1
-        monkeypatch.setenv("OMP_NUM_THREADS", "3")
-        assert training.configure_threads(torch.device("cpu"), 0) == 3
-        for bad in ("0", "two", "-1", ""):
-            monkeypatch.setenv("OMP_NUM_THREADS", bad)
-            with pytest.raises(ValueError, match=f"OMP_NUM_THREADS: must be a positive integer, got {bad!r}"):
-                training.configure_threads(torch.device("cpu"), 0)
-    finally:
-        torch.set_num_threads(before)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert training.configure_threads(torch.device("cpu"), 0) == 1
+    assert torch.get_num_threads() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert training.configure_threads(torch.device("cpu"), 0) == 3
+    for bad in ("0", "two", "-1", ""):
+        monkeypatch.setenv("OMP_NUM_THREADS", bad)
+        with pytest.raises(ValueError, match=f"OMP_NUM_THREADS: must be a positive integer, got {bad!r}"):
+            training.configure_threads(torch.device("cpu"), 0)
